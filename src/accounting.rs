@@ -1,0 +1,169 @@
+//! Counters per node and per hierarchy, and the no-loss invariant.
+//!
+//! Every task that enters a hierarchy is counted once as `submitted` at the node it
+//! enters, and once as exactly one of `completed`, `escalated` (out of the top) or
+//! `failed` at the node where it ends. After a drain,
+//! `submitted == completed + escalated + failed` ([`Counters::is_balanced`]).
+//!
+//! Counters are atomics split by writer: the *sender side* (written by whoever sends
+//! into the node's mailbox) and the *owner side* (written only by the node's own actor,
+//! or by its supervisor after the actor is dead). The two sides sit on different cache
+//! lines so senders and the agent do not contend.
+
+use std::ops::{Add, AddAssign};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of counters for one node or summed over a hierarchy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Tasks that entered the hierarchy at this node (from outside, or new tasks sent
+    /// by an agent's handler).
+    pub submitted: u64,
+    /// Tasks that ended here as completed (handled, replied, absorbed below a
+    /// threshold, or suppressed as a repeat).
+    pub completed: u64,
+    /// Tasks that ended here by leaving the top of the hierarchy (root only).
+    pub escalated: u64,
+    /// Tasks that ended here as failed.
+    pub failed: u64,
+    /// Times the node's agent was restarted (state rebuilt from its factory).
+    pub restarts: u64,
+    /// Handler attempts that were retries of a crashed attempt.
+    pub redelivered: u64,
+    /// Escalations this node passed upward (agents: escalated; supervisors: accepted).
+    pub escalated_up: u64,
+    /// Escalations a supervisor kept because they were below its threshold.
+    pub absorbed: u64,
+    /// Escalations a supervisor folded into an earlier one within its window.
+    pub suppressed: u64,
+    /// Times a supervisor exceeded its restart intensity and failed upward.
+    pub failure_escalations: u64,
+    /// Tasks lost in a dead actor's mailbox and counted as failed (a subset of `failed`).
+    pub lost_in_mailbox: u64,
+}
+
+impl Counters {
+    /// Tasks neither completed, escalated nor failed yet.
+    pub fn in_flight(&self) -> u64 {
+        self.submitted
+            .saturating_sub(self.completed + self.escalated + self.failed)
+    }
+
+    /// True when every submitted task has exactly one outcome:
+    /// `submitted == completed + escalated + failed`.
+    pub fn is_balanced(&self) -> bool {
+        self.submitted == self.completed + self.escalated + self.failed
+    }
+}
+
+impl AddAssign for Counters {
+    fn add_assign(&mut self, o: Self) {
+        self.submitted += o.submitted;
+        self.completed += o.completed;
+        self.escalated += o.escalated;
+        self.failed += o.failed;
+        self.restarts += o.restarts;
+        self.redelivered += o.redelivered;
+        self.escalated_up += o.escalated_up;
+        self.absorbed += o.absorbed;
+        self.suppressed += o.suppressed;
+        self.failure_escalations += o.failure_escalations;
+        self.lost_in_mailbox += o.lost_in_mailbox;
+    }
+}
+
+impl Add for Counters {
+    type Output = Counters;
+    fn add(mut self, o: Self) -> Counters {
+        self += o;
+        self
+    }
+}
+
+impl std::iter::Sum for Counters {
+    fn sum<I: Iterator<Item = Counters>>(iter: I) -> Counters {
+        iter.fold(Counters::default(), Add::add)
+    }
+}
+
+/// Written by senders into the node's mailbox.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct SenderSide {
+    /// External or handler-originated tasks entering here.
+    pub(crate) submitted: AtomicU64,
+    /// Every message successfully put in the mailbox (tasks, escalations, forwards).
+    pub(crate) enqueued: AtomicU64,
+}
+
+/// Written by the node's own actor (or its supervisor once the actor is dead).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct OwnerSide {
+    pub(crate) settled: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) escalated: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) restarts: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
+    pub(crate) escalated_up: AtomicU64,
+    pub(crate) absorbed: AtomicU64,
+    pub(crate) suppressed: AtomicU64,
+    pub(crate) failure_escalations: AtomicU64,
+    pub(crate) lost_in_mailbox: AtomicU64,
+}
+
+/// Live counters of one node.
+#[derive(Debug, Default)]
+pub(crate) struct NodeStats {
+    pub(crate) tx: SenderSide,
+    pub(crate) own: OwnerSide,
+}
+
+/// Increment a counter. Release ordering (free for a read-modify-write on x86) makes
+/// everything that happened before an outcome visible to a reader that sees the
+/// outcome, which is what makes the drain check conservative: it reads all outcomes
+/// first, then all submissions.
+#[inline]
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Release);
+}
+
+/// Add `n` to a counter (see [`bump`]).
+#[inline]
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Release);
+}
+
+impl NodeStats {
+    pub(crate) fn snapshot(&self) -> Counters {
+        let r = |a: &AtomicU64| a.load(Ordering::Acquire);
+        let o = &self.own;
+        Counters {
+            completed: r(&o.completed),
+            escalated: r(&o.escalated),
+            failed: r(&o.failed),
+            restarts: r(&o.restarts),
+            redelivered: r(&o.redelivered),
+            escalated_up: r(&o.escalated_up),
+            absorbed: r(&o.absorbed),
+            suppressed: r(&o.suppressed),
+            failure_escalations: r(&o.failure_escalations),
+            lost_in_mailbox: r(&o.lost_in_mailbox),
+            // read last: a task's submission happens before its outcome, so reading
+            // outcomes first can only over-estimate in-flight work, never hide it.
+            submitted: r(&self.tx.submitted),
+        }
+    }
+
+    /// Messages in the mailbox or being processed: enqueued but not settled.
+    pub(crate) fn unsettled(&self) -> u64 {
+        let settled = self.own.settled.load(Ordering::Acquire);
+        self.tx
+            .enqueued
+            .load(Ordering::Acquire)
+            .saturating_sub(settled)
+    }
+}

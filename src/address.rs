@@ -1,0 +1,348 @@
+//! Stable addresses: slots and the [`AgentRef`] handle users send through.
+//!
+//! ractor gives every actor incarnation a new `ActorRef`; a message sent to a dead
+//! incarnation is refused. echelon addresses a **slot** instead: one per position in the
+//! hierarchy, holding the current incarnation's actor ref behind a read-write lock.
+//! Sends take the read lock (no contention among senders beyond one atomic); the
+//! supervisor takes the write lock only to swap incarnations or close the slot. While a
+//! slot is between incarnations, messages wait in its `pending` queue and are handed to
+//! the next incarnation in order.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use ractor::{ActorRef, MessagingErr};
+use tokio::sync::oneshot;
+
+use crate::accounting::{bump, Counters, NodeStats};
+use crate::envelope::{Outcome, Path, Role, Task, TaskId};
+use crate::hierarchy::shared::Shared;
+use crate::node::NodeMsg;
+
+/// One position in a hierarchy: an agent, a supervisor or a team lead.
+pub(crate) struct Slot<M> {
+    pub(crate) path: Path,
+    pub(crate) uid: u32,
+    pub(crate) level: u32,
+    pub(crate) role: Role,
+    mailbox: RwLock<Mailbox<M>>,
+    /// Messages waiting for the next incarnation. Only touched while holding the
+    /// mailbox write lock, so it is ordered with attach, detach and close.
+    pending: Mutex<VecDeque<NodeMsg<M>>>,
+    pub(crate) stats: NodeStats,
+    /// Restart epoch: a supervisor bumps it to restart the agent at its next message.
+    pub(crate) epoch: AtomicU64,
+}
+
+struct Mailbox<M> {
+    actor: Option<ActorRef<NodeMsg<M>>>,
+    closed: Option<Arc<str>>,
+}
+
+impl<M> fmt::Debug for Slot<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("path", &self.path)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Send + 'static> Slot<M> {
+    pub(crate) fn new(path: Path, uid: u32, level: u32, role: Role) -> Self {
+        Slot {
+            path,
+            uid,
+            level,
+            role,
+            mailbox: RwLock::new(Mailbox {
+                actor: None,
+                closed: None,
+            }),
+            pending: Mutex::new(VecDeque::new()),
+            stats: NodeStats::default(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Mailbox<M>> {
+        // a poisoned lock only means a panic elsewhere while holding it; the data is a
+        // plain option and queue, still consistent
+        self.mailbox.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Mailbox<M>> {
+        self.mailbox.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Call only while holding the write lock.
+    fn pending(&self) -> MutexGuard<'_, VecDeque<NodeMsg<M>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Put a message in this slot's mailbox, or in its pending queue between
+    /// incarnations. Gives the message back with the reason if the slot is closed.
+    pub(crate) fn deliver(&self, msg: NodeMsg<M>) -> Result<(), (NodeMsg<M>, Arc<str>)> {
+        let counted = matches!(msg, NodeMsg::Task(_) | NodeMsg::Escalation(_));
+        let msg = {
+            let mb = self.read();
+            if let Some(reason) = &mb.closed {
+                return Err((msg, reason.clone()));
+            }
+            match &mb.actor {
+                Some(actor) => match self.try_send(actor, msg, counted) {
+                    Ok(()) => return Ok(()),
+                    Err(m) => m,
+                },
+                None => msg,
+            }
+        };
+        // slow path: the incarnation is dead or not yet attached
+        let mb = self.write();
+        if let Some(reason) = &mb.closed {
+            return Err((msg, reason.clone()));
+        }
+        let msg = match &mb.actor {
+            Some(actor) => match self.try_send(actor, msg, counted) {
+                Ok(()) => return Ok(()),
+                Err(m) => m,
+            },
+            None => msg,
+        };
+        self.pending().push_back(msg);
+        Ok(())
+    }
+
+    /// Send to one incarnation; on refusal (dead actor) the message comes back.
+    fn try_send(
+        &self,
+        actor: &ActorRef<NodeMsg<M>>,
+        msg: NodeMsg<M>,
+        counted: bool,
+    ) -> Result<(), NodeMsg<M>> {
+        if counted {
+            bump(&self.stats.tx.enqueued);
+        }
+        match actor.send_message(msg) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if counted {
+                    self.stats.tx.enqueued.fetch_sub(1, Ordering::AcqRel);
+                }
+                match e {
+                    MessagingErr::SendErr(m) => Err(m),
+                    // ractor only fails a send with SendErr; the other variants are for
+                    // receiving and for type mismatches, which the types rule out
+                    MessagingErr::ChannelClosed | MessagingErr::InvalidActorType => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Attach a new incarnation and hand it the pending messages, in order.
+    pub(crate) fn attach(&self, actor: ActorRef<NodeMsg<M>>) {
+        let mut mb = self.write();
+        let mut pending = self.pending();
+        while let Some(m) = pending.pop_front() {
+            let counted = matches!(m, NodeMsg::Task(_) | NodeMsg::Escalation(_));
+            if let Err(m) = self.try_send(&actor, m, counted) {
+                pending.push_front(m);
+                break;
+            }
+        }
+        drop(pending);
+        mb.actor = Some(actor);
+    }
+
+    /// Detach a dead incarnation. Returns how many messages died with its mailbox
+    /// (enqueued but never settled); the caller accounts for them. Exact, because the
+    /// write lock excludes any sender mid-send and the actor no longer settles.
+    pub(crate) fn detach(&self) -> u64 {
+        let mut mb = self.write();
+        mb.actor = None;
+        let lost = self.stats.unsettled();
+        // the lost messages are now settled (by their loss)
+        crate::accounting::add(&self.stats.own.settled, lost);
+        lost
+    }
+
+    /// Close the slot: later deliveries are refused with `reason`. Returns the pending
+    /// messages, which the caller must resolve.
+    pub(crate) fn close(&self, reason: Arc<str>) -> Vec<NodeMsg<M>> {
+        let mut mb = self.write();
+        if mb.closed.is_none() {
+            mb.closed = Some(reason);
+        }
+        let drained = self.pending().drain(..).collect();
+        drained
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.read().closed.is_some()
+    }
+}
+
+/// A handle to one agent: send it tasks, call it and wait for the outcome.
+///
+/// The handle addresses the agent's *position*, not one actor incarnation: it stays
+/// valid across restarts and respawns. Cloning is cheap.
+pub struct AgentRef<M> {
+    pub(crate) slot: Arc<Slot<M>>,
+    pub(crate) shared: Arc<Shared<M>>,
+}
+
+impl<M> Clone for AgentRef<M> {
+    fn clone(&self) -> Self {
+        AgentRef {
+            slot: self.slot.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<M> fmt::Debug for AgentRef<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AgentRef").field(&self.slot.path).finish()
+    }
+}
+
+impl<M: crate::Message> AgentRef<M> {
+    /// The agent's path in its hierarchy.
+    pub fn path(&self) -> &Path {
+        &self.slot.path
+    }
+
+    /// This agent's counters.
+    pub fn counters(&self) -> Counters {
+        self.slot.stats.snapshot()
+    }
+
+    /// Submit a task without waiting. The task's outcome shows in the counters (and in
+    /// the escalation sink if it leaves the top).
+    ///
+    /// # Errors
+    /// [`SendError::ShuttingDown`] once the hierarchy stopped taking work and
+    /// [`SendError::Closed`] if this agent has stopped for good; both give the message
+    /// back. A refused message is not counted as submitted.
+    pub fn send(&self, msg: M) -> Result<TaskId, SendError<M>> {
+        if !self.shared.accepting() {
+            return Err(SendError::ShuttingDown { msg });
+        }
+        self.submit(msg, None)
+    }
+
+    /// Submit a task and wait for its outcome: completed (with the agent's reply, if
+    /// any), escalated out of the top, or failed with a reason.
+    ///
+    /// # Errors
+    /// As [`AgentRef::send`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not withdraw the task; it still runs and is counted.
+    pub async fn call(&self, msg: M) -> Result<Outcome<M>, SendError<M>> {
+        if !self.shared.accepting() {
+            return Err(SendError::ShuttingDown { msg });
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = self.submit(msg, Some(tx))?;
+        Ok(rx.await.unwrap_or_else(|_| {
+            Outcome::Failed(crate::envelope::Failure {
+                task: id,
+                at: self.slot.path.clone(),
+                attempts: 0,
+                reason: "the task was lost with its agent's actor; it is counted as failed"
+                    .to_string(),
+                trail: Vec::new(),
+            })
+        }))
+    }
+
+    /// Submit from inside the hierarchy (a handler's new task) or from outside.
+    pub(crate) fn submit(
+        &self,
+        msg: M,
+        reply: Option<oneshot::Sender<Outcome<M>>>,
+    ) -> Result<TaskId, SendError<M>> {
+        let seq = self.slot.stats.tx.submitted.fetch_add(1, Ordering::AcqRel);
+        let id = TaskId(((self.slot.uid as u64) << 40) | (seq & ((1 << 40) - 1)));
+        match self.slot.deliver(NodeMsg::Task(Task::new(id, msg, reply))) {
+            Ok(()) => Ok(id),
+            Err((back, reason)) => {
+                self.slot.stats.tx.submitted.fetch_sub(1, Ordering::AcqRel);
+                match back {
+                    NodeMsg::Task(t) => Err(SendError::Closed {
+                        msg: t.payload,
+                        path: self.slot.path.clone(),
+                        reason: reason.to_string(),
+                    }),
+                    _ => unreachable_refusal(),
+                }
+            }
+        }
+    }
+}
+
+#[cold]
+fn unreachable_refusal<T>() -> T {
+    // `deliver` returns the message it was given; a Task in gives a Task back.
+    panic!("echelon bug: a refused task came back as a different message kind")
+}
+
+/// A task the hierarchy would not take. The message is given back.
+#[derive(thiserror::Error)]
+pub enum SendError<M> {
+    /// The hierarchy is shutting down or stopped; no new work is taken.
+    #[error("the hierarchy is shutting down and takes no new tasks; resubmit elsewhere")]
+    ShuttingDown {
+        /// The message, given back.
+        msg: M,
+    },
+    /// No agent has that address.
+    #[error("no agent at {addr:?}; use a full path or tier/index, e.g. \"monitor/3\"")]
+    NoSuchAgent {
+        /// The message, given back.
+        msg: M,
+        /// The address asked for.
+        addr: String,
+    },
+    /// The agent stopped for good (temporary agent after a crash, or a stopped team).
+    #[error("agent {path} is closed ({reason}); send to another agent")]
+    Closed {
+        /// The message, given back.
+        msg: M,
+        /// The agent.
+        path: Path,
+        /// Why it closed.
+        reason: String,
+    },
+}
+
+impl<M> SendError<M> {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> M {
+        match self {
+            SendError::ShuttingDown { msg }
+            | SendError::Closed { msg, .. }
+            | SendError::NoSuchAgent { msg, .. } => msg,
+        }
+    }
+}
+
+impl<M> fmt::Debug for SendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::ShuttingDown { .. } => f.write_str("ShuttingDown { .. }"),
+            SendError::NoSuchAgent { addr, .. } => f
+                .debug_struct("NoSuchAgent")
+                .field("addr", addr)
+                .finish_non_exhaustive(),
+            SendError::Closed { path, reason, .. } => f
+                .debug_struct("Closed")
+                .field("path", path)
+                .field("reason", reason)
+                .finish_non_exhaustive(),
+        }
+    }
+}

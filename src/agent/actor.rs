@@ -1,0 +1,468 @@
+//! The ractor actor that runs one agent: catches its crashes, asks its supervisor what
+//! to do, restarts it in place and redelivers the task that crashed.
+
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+use super::{Agent, AgentError, Ctx, ErrorKind, StopReason, Verdict};
+use crate::accounting::bump;
+use crate::address::Slot;
+use crate::envelope::{Decision, EscalationInfo, Task, TaskHead};
+use crate::hierarchy::shared::Shared;
+use crate::node::{Directive, Exit, NodeMsg};
+use crate::panic::{catch, CatchUnwind};
+
+/// Builds agent values: once per incarnation.
+pub(crate) type Factory<A> = Arc<dyn Fn(usize) -> A + Send + Sync>;
+
+pub(crate) struct AgentActor<A: Agent> {
+    factory: Factory<A>,
+}
+
+impl<A: Agent> AgentActor<A> {
+    pub(crate) fn new(factory: Factory<A>) -> Self {
+        AgentActor { factory }
+    }
+}
+
+/// Where an agent sits: its own slot, its supervisor and where its escalations go.
+pub(crate) struct AgentArgs<M> {
+    pub(crate) slot: Arc<Slot<M>>,
+    pub(crate) shared: Arc<Shared<M>>,
+    pub(crate) parent: Arc<Slot<M>>,
+    pub(crate) child_index: usize,
+    pub(crate) escalate_to: Arc<Slot<M>>,
+    pub(crate) tier: Arc<str>,
+    pub(crate) index: usize,
+}
+
+pub(crate) struct AgentState<A: Agent> {
+    agent: Option<A>,
+    factory: Factory<A>,
+    ctx: Ctx<A::Msg>,
+    parent: Arc<Slot<A::Msg>>,
+    child_index: usize,
+    escalate_to: Arc<Slot<A::Msg>>,
+    epoch: u64,
+    stopping: Option<Arc<str>>,
+}
+
+impl<A: Agent> Actor for AgentActor<A> {
+    type Msg = NodeMsg<A::Msg>;
+    type State = AgentState<A>;
+    type Arguments = AgentArgs<A::Msg>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        crate::panic::install_quiet_hook();
+        let epoch = args.slot.epoch.load(Ordering::Acquire);
+        let mut state = AgentState {
+            agent: None,
+            factory: self.factory.clone(),
+            ctx: Ctx::new(args.slot, args.shared, args.tier, args.index),
+            parent: args.parent,
+            child_index: args.child_index,
+            escalate_to: args.escalate_to,
+            epoch,
+            stopping: None,
+        };
+        state
+            .incarnate()
+            .await
+            .map_err(|reason| format!("agent {} failed to start: {reason}", state.ctx.path()))?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::Task(task) => {
+                state.on_task(task, &myself).await;
+                bump(&state.ctx.slot.stats.own.settled);
+            }
+            NodeMsg::Escalation(task) => {
+                let reason = format!(
+                    "{} is an agent, not a supervisor: it takes no escalations",
+                    state.ctx.path()
+                );
+                state.fail(task.head, &reason);
+                bump(&state.ctx.slot.stats.own.settled);
+            }
+            NodeMsg::ChildExit { reply, .. } => {
+                let _ = reply.send(Directive::Stop {
+                    reason: Arc::from("an agent has no children"),
+                });
+            }
+            NodeMsg::Reset => {
+                if state.stopping.is_none() {
+                    state.check_epoch(&myself).await;
+                }
+            }
+            NodeMsg::Stop { reason } => {
+                state
+                    .begin_stop(reason, &myself, StopReason::Shutdown)
+                    .await
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<A: Agent> AgentState<A> {
+    fn slot(&self) -> &Slot<A::Msg> {
+        &self.ctx.slot
+    }
+
+    fn fail(&self, head: TaskHead<A::Msg>, reason: &str) {
+        self.ctx.shared.fail(&self.ctx.slot, head, reason);
+    }
+
+    async fn on_task(&mut self, task: Task<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
+        let Task { head, payload } = task;
+        if let Some(reason) = &self.stopping {
+            let reason = format!(
+                "{} stopped before handling the task: {reason}",
+                self.ctx.path()
+            );
+            self.fail(head, &reason);
+            return;
+        }
+        if self.ctx.shared.aborting() {
+            let reason = self.ctx.shared.failure().map_or_else(
+                || "the hierarchy was stopped before the task was handled".to_string(),
+                |f| format!("the hierarchy failed before the task was handled: {f}"),
+            );
+            self.fail(head, &reason);
+            return;
+        }
+        if !self.check_epoch(myself).await {
+            let reason = format!("{} stopped before handling the task", self.ctx.path());
+            self.fail(head, &reason);
+            return;
+        }
+        self.run(head, payload, myself).await;
+        if self.ctx.stop_requested && self.stopping.is_none() {
+            self.ctx.stop_requested = false;
+            self.exit_normally(myself).await;
+        }
+    }
+
+    /// Run the handler until the task has an outcome: redeliver after crashes while
+    /// attempts remain and the supervisor restarts us.
+    async fn run(
+        &mut self,
+        mut head: TaskHead<A::Msg>,
+        payload: A::Msg,
+        myself: &ActorRef<NodeMsg<A::Msg>>,
+    ) {
+        let max = self.ctx.shared.max_attempts.max(1);
+        let mut spare = Some(payload);
+        loop {
+            let Some(payload) = spare.take() else {
+                self.fail(head, "echelon lost the task payload between attempts");
+                return;
+            };
+            head.attempt += 1;
+            if head.attempt > 1 {
+                bump(&self.slot().stats.own.redelivered);
+            }
+            let msg = if head.attempt < max {
+                let copy = payload.clone();
+                spare = Some(payload);
+                copy
+            } else {
+                payload
+            };
+            self.ctx.task = head.id;
+            self.ctx.attempt = head.attempt;
+            self.ctx.meta = head.meta.take();
+            let result = match self.agent.as_mut() {
+                Some(agent) => {
+                    let fut = pin!(agent.handle(&mut self.ctx, msg));
+                    CatchUnwind::new(fut).await
+                }
+                None => Ok(Err(AgentError::crash(
+                    "the agent has no live incarnation (its factory or on_start failed)",
+                ))),
+            };
+            head.meta = self.ctx.meta.take();
+            let reason = match result {
+                Ok(Ok(verdict)) => {
+                    self.apply(head, verdict);
+                    return;
+                }
+                Ok(Err(e)) if e.kind() == ErrorKind::Reject => {
+                    let reason = format!("rejected by {}: {e}", self.ctx.path());
+                    self.fail(head, &reason);
+                    return;
+                }
+                Ok(Err(e)) => format!("crash error: {e}"),
+                Err(panic) => panic,
+            };
+            tracing::debug!(agent = %self.ctx.path(), task = %head.id, attempt = head.attempt, %reason, "handler crashed");
+            let entry = self.ctx.shared.entry(
+                self.slot(),
+                Decision::Crashed {
+                    attempt: head.attempt,
+                    reason: reason.clone(),
+                },
+            );
+            head.record(entry);
+            match self.recover(reason.clone(), myself).await {
+                Ok(()) if head.attempt < max => continue,
+                Ok(()) => {
+                    let why = format!(
+                        "gave up after {} attempt(s); last crash: {reason}",
+                        head.attempt
+                    );
+                    self.fail(head, &why);
+                    return;
+                }
+                Err(stop) => {
+                    let why = format!(
+                        "{} stopped after a crash ({reason}): {stop}",
+                        self.ctx.path()
+                    );
+                    self.fail(head, &why);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Turn a verdict into the task's next step.
+    fn apply(&mut self, mut head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {
+        let shared = &self.ctx.shared;
+        let slot = &self.ctx.slot;
+        match verdict {
+            Verdict::Done | Verdict::Reply(_) => {
+                if head.escalation().is_some() {
+                    head.record(shared.entry(slot, Decision::Handled));
+                }
+                let reply = match verdict {
+                    Verdict::Reply(m) => Some(m),
+                    _ => None,
+                };
+                shared.complete(slot, head, reply);
+            }
+            Verdict::Escalate(esc) => {
+                bump(&slot.stats.own.escalated_up);
+                let origin = head
+                    .escalation()
+                    .map_or_else(|| slot.path.clone(), |e| e.origin.clone());
+                head.record(shared.entry(
+                    slot,
+                    Decision::Escalated {
+                        severity: esc.severity,
+                        reason: esc.reason.clone(),
+                    },
+                ));
+                head.meta_mut().escalation = Some(EscalationInfo {
+                    severity: esc.severity,
+                    reason: esc.reason,
+                    origin,
+                    from: slot.path.clone(),
+                    key: esc.key,
+                });
+                head.attempt = 0;
+                let task = Task {
+                    head,
+                    payload: esc.payload,
+                };
+                if let Err((NodeMsg::Escalation(t), why)) =
+                    self.escalate_to.deliver(NodeMsg::Escalation(task))
+                {
+                    let reason = format!(
+                        "could not escalate from {} to {}: {why}",
+                        slot.path, self.escalate_to.path
+                    );
+                    shared.fail(slot, t.head, &reason);
+                }
+            }
+            Verdict::Forward { to, msg } => {
+                if head.meta.is_some() {
+                    head.record(shared.entry(
+                        slot,
+                        Decision::Forwarded {
+                            to: to.slot.path.clone(),
+                        },
+                    ));
+                }
+                head.attempt = 0;
+                let task = Task { head, payload: msg };
+                if let Err((NodeMsg::Task(t), why)) = to.slot.deliver(NodeMsg::Task(task)) {
+                    let reason = format!(
+                        "could not forward from {} to {}: {why}",
+                        slot.path, to.slot.path
+                    );
+                    shared.fail(slot, t.head, &reason);
+                }
+            }
+        }
+    }
+
+    /// After a crash: ask the supervisor, then restart (possibly after a backoff) or stop.
+    /// Returns `Err(reason)` if the agent is stopping for good.
+    async fn recover(
+        &mut self,
+        mut reason: String,
+        myself: &ActorRef<NodeMsg<A::Msg>>,
+    ) -> Result<(), Arc<str>> {
+        loop {
+            match self.ask_parent(Exit::Crashed(reason)).await {
+                Directive::Restart { delay } => {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    match self.restart().await {
+                        Ok(()) => return Ok(()),
+                        Err(r) => reason = r,
+                    }
+                }
+                Directive::Stop { reason } => {
+                    self.begin_stop(reason.clone(), myself, StopReason::Shutdown)
+                        .await;
+                    return Err(reason);
+                }
+            }
+        }
+    }
+
+    async fn ask_parent(&mut self, exit: Exit) -> Directive {
+        let (tx, rx) = oneshot::channel();
+        let msg = NodeMsg::ChildExit {
+            child: self.child_index,
+            exit,
+            reply: tx,
+        };
+        if self.parent.deliver(msg).is_err() {
+            return Directive::Stop {
+                reason: Arc::from("its supervisor has stopped"),
+            };
+        }
+        rx.await.unwrap_or_else(|_| Directive::Stop {
+            reason: Arc::from("its supervisor stopped before deciding"),
+        })
+    }
+
+    /// A supervisor may have restarted us by bumping the epoch (one-for-all,
+    /// rest-for-one, a team restart). Returns false if we ended up stopping.
+    async fn check_epoch(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> bool {
+        if self.slot().epoch.load(Ordering::Acquire) == self.epoch {
+            return true;
+        }
+        if let Err(reason) = self.restart().await {
+            return self.recover(reason, myself).await.is_ok();
+        }
+        true
+    }
+
+    /// Build the first incarnation.
+    async fn incarnate(&mut self) -> Result<(), String> {
+        let index = self.ctx.index;
+        let factory = self.factory.clone();
+        let agent = catch(|| factory(index)).map_err(|p| format!("its factory {p}"))?;
+        let agent = self.agent.insert(agent);
+        let fut = pin!(agent.on_start(&mut self.ctx));
+        match CatchUnwind::new(fut).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("on_start failed: {e}")),
+            Err(p) => Err(format!("on_start {p}")),
+        }
+    }
+
+    /// Drop the current incarnation and build a fresh one.
+    async fn restart(&mut self) -> Result<(), String> {
+        self.end_incarnation(StopReason::Restart).await;
+        self.ctx.reincarnate();
+        self.epoch = self.slot().epoch.load(Ordering::Acquire);
+        bump(&self.slot().stats.own.restarts);
+        tracing::debug!(agent = %self.ctx.path(), incarnation = self.ctx.incarnation(), "agent restarted");
+        let r = self.incarnate().await;
+        if r.is_err() {
+            self.agent = None;
+        }
+        r
+    }
+
+    async fn end_incarnation(&mut self, why: StopReason) {
+        if let Some(mut old) = self.agent.take() {
+            let r = {
+                let fut = pin!(old.on_stop(&mut self.ctx, &why));
+                CatchUnwind::new(fut).await
+            };
+            if let Err(p) = r {
+                tracing::warn!(agent = %self.ctx.path(), "on_stop {p}");
+            }
+            if let Err(p) = catch(move || drop(old)) {
+                tracing::warn!(agent = %self.ctx.path(), "dropping the agent {p}");
+            }
+        }
+    }
+
+    /// The agent asked to stop: permanent agents are restarted, others end.
+    async fn exit_normally(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) {
+        match self.ask_parent(Exit::Normal).await {
+            Directive::Restart { delay } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if let Err(reason) = self.restart().await {
+                    let _ = self.recover(reason, myself).await;
+                }
+            }
+            Directive::Stop { reason } => self.begin_stop(reason, myself, StopReason::Normal).await,
+        }
+    }
+
+    /// Stop for good: close the slot so nothing new arrives, fail whatever waited in the
+    /// pending queue, and drain the mailbox (each remaining task fails with `reason`).
+    async fn begin_stop(
+        &mut self,
+        reason: Arc<str>,
+        myself: &ActorRef<NodeMsg<A::Msg>>,
+        why: StopReason,
+    ) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some(reason.clone());
+        for msg in self.ctx.slot.close(reason.clone()) {
+            refuse(&self.ctx.shared, &self.ctx.slot, msg, &reason);
+        }
+        self.end_incarnation(why).await;
+        let _ = myself.drain();
+    }
+}
+
+/// Resolve a message a closed node will never process.
+pub(crate) fn refuse<M: crate::Message>(
+    shared: &Shared<M>,
+    slot: &Slot<M>,
+    msg: NodeMsg<M>,
+    reason: &str,
+) {
+    match msg {
+        NodeMsg::Task(t) | NodeMsg::Escalation(t) => {
+            let why = format!("{} stopped before handling the task: {reason}", slot.path);
+            shared.fail(slot, t.head, &why);
+        }
+        NodeMsg::ChildExit { reply, .. } => {
+            let _ = reply.send(Directive::Stop {
+                reason: Arc::from(reason),
+            });
+        }
+        NodeMsg::Reset | NodeMsg::Stop { .. } => {}
+    }
+}

@@ -1,0 +1,159 @@
+//! The context an agent sees while it runs: who it is, what it is handling, a seeded
+//! RNG and a way to send new tasks.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::address::{AgentRef, SendError, Slot};
+use crate::envelope::{EscalationInfo, Path, TaskId, TaskMeta};
+use crate::hierarchy::shared::Shared;
+use crate::hierarchy::AddressError;
+
+/// An agent's view of itself and of the task it is handling.
+///
+/// Replying, escalating and forwarding are [`crate::Verdict`]s returned from
+/// [`crate::Agent::handle`], so each task gets exactly one outcome.
+pub struct Ctx<M> {
+    pub(crate) slot: Arc<Slot<M>>,
+    pub(crate) shared: Arc<Shared<M>>,
+    pub(crate) tier: Arc<str>,
+    pub(crate) index: usize,
+    pub(crate) incarnation: u64,
+    rng: Option<StdRng>,
+    pub(crate) task: TaskId,
+    pub(crate) attempt: u32,
+    pub(crate) meta: Option<Box<TaskMeta>>,
+    pub(crate) stop_requested: bool,
+}
+
+impl<M> fmt::Debug for Ctx<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx")
+            .field("path", &self.slot.path)
+            .field("incarnation", &self.incarnation)
+            .field("task", &self.task)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: crate::Message> Ctx<M> {
+    pub(crate) fn new(
+        slot: Arc<Slot<M>>,
+        shared: Arc<Shared<M>>,
+        tier: Arc<str>,
+        index: usize,
+    ) -> Self {
+        Ctx {
+            slot,
+            shared,
+            tier,
+            index,
+            incarnation: 0,
+            rng: None,
+            task: TaskId(0),
+            attempt: 0,
+            meta: None,
+            stop_requested: false,
+        }
+    }
+
+    /// This agent's path, e.g. `ward/decision/0/diagnostic/3/monitor/17`.
+    pub fn path(&self) -> &Path {
+        &self.slot.path
+    }
+
+    /// The name of this agent's tier.
+    pub fn tier(&self) -> &str {
+        &self.tier
+    }
+
+    /// This agent's index within its tier (0-based, unique in the tier).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Depth in the hierarchy: the root supervisor is 0.
+    pub fn level(&self) -> u32 {
+        self.slot.level
+    }
+
+    /// How many times this agent has been restarted (0 for the first incarnation).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The task being handled.
+    pub fn task_id(&self) -> TaskId {
+        self.task
+    }
+
+    /// Which attempt this is for the current task, from 1. Above 1 means an earlier
+    /// attempt crashed and the task was redelivered.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When handling an escalation from below: its severity, reason and origin.
+    pub fn escalation(&self) -> Option<&EscalationInfo> {
+        self.meta.as_ref().and_then(|m| m.escalation.as_ref())
+    }
+
+    /// A random number generator seeded from the hierarchy seed, this agent's position
+    /// and its incarnation: the same seed replays the same draws.
+    pub fn rng(&mut self) -> &mut StdRng {
+        let seed = self
+            .shared
+            .seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add((self.slot.uid as u64) << 20)
+            .wrapping_add(self.incarnation);
+        self.rng.get_or_insert_with(|| StdRng::seed_from_u64(seed))
+    }
+
+    /// Time since the hierarchy started, on the runtime clock (virtual under a paused
+    /// tokio clock).
+    pub fn now(&self) -> Duration {
+        self.shared.now()
+    }
+
+    /// Look up another agent of this hierarchy by path or `tier/index`.
+    ///
+    /// # Errors
+    /// [`AddressError::NotFound`] if no agent has that address.
+    pub fn agent(&self, addr: &str) -> Result<AgentRef<M>, AddressError> {
+        match self.shared.lookup(addr) {
+            Some(slot) => Ok(AgentRef {
+                slot: slot.clone(),
+                shared: self.shared.clone(),
+            }),
+            None => Err(AddressError::NotFound {
+                addr: addr.to_string(),
+                hierarchy: self.shared.name.to_string(),
+            }),
+        }
+    }
+
+    /// Submit a *new* task to another agent (counted as submitted there). Works during
+    /// a graceful shutdown, so work started before it can finish.
+    ///
+    /// # Errors
+    /// [`SendError::Closed`] if the target has stopped for good.
+    pub fn send(&self, to: &AgentRef<M>, msg: M) -> Result<TaskId, SendError<M>> {
+        to.submit(msg, None)
+    }
+
+    /// Stop this agent after the current message (a normal exit: a permanent agent is
+    /// restarted, a transient or temporary one is not).
+    pub fn stop(&mut self) {
+        self.stop_requested = true;
+    }
+
+    pub(crate) fn reincarnate(&mut self) {
+        self.incarnation += 1;
+        self.rng = None;
+    }
+}

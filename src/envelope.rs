@@ -1,0 +1,325 @@
+//! A task in flight: its identity, attempt count, escalation context, audit trail
+//! and the port its outcome is reported on.
+//!
+//! A [`Task`] is created when work enters a hierarchy and is *consumed* exactly once,
+//! by one of three resolutions: completed, escalated out of the top, or failed. The
+//! resolution functions take the task by value, so the type system rules out a second
+//! outcome; the only other way to end a task is to drop its actor's mailbox, which the
+//! supervisor accounts for (see `accounting`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// Identifies one task for its whole life, across hops, redeliveries and escalations.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId(pub u64);
+
+impl fmt::Debug for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task#{:x}", self.0)
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// The address of a node in a hierarchy, such as `ward/decision/0/diagnostic/3/monitor/17`.
+///
+/// Cheap to clone (a shared string). Paths name *logical* positions: an agent keeps its
+/// path across restarts and respawns.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Path(Arc<str>);
+
+impl Path {
+    pub(crate) fn new(s: impl Into<Arc<str>>) -> Self {
+        Path(s.into())
+    }
+
+    pub(crate) fn child(&self, segment: &str, index: usize) -> Self {
+        Path(format!("{}/{}/{}", self.0, segment, index).into())
+    }
+
+    /// The path as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Path {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Path {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Path::new)
+    }
+}
+
+/// What a node in the hierarchy is, as recorded in an audit trail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A user agent (a leaf, or the lead of a team).
+    Agent,
+    /// A team's supervisor: applies the escalation threshold and restarts reports.
+    Supervisor,
+    /// A team lead created by auto-split to keep the span of control.
+    TeamLead,
+    /// The hierarchy's root supervisor.
+    Root,
+}
+
+/// What one node decided about a task, as recorded in the audit trail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Decision {
+    /// An agent escalated the task with this severity and reason.
+    Escalated {
+        /// Severity in `0.0..=1.0` as given by the agent.
+        severity: f64,
+        /// Why the agent escalated.
+        reason: String,
+    },
+    /// A supervisor passed the escalation on: severity at or above its threshold.
+    Accepted {
+        /// The threshold the severity was compared against.
+        threshold: f64,
+    },
+    /// A supervisor kept the escalation at its level: severity below its threshold.
+    /// The task is complete.
+    Absorbed {
+        /// The threshold the severity was compared against.
+        threshold: f64,
+    },
+    /// A supervisor folded a repeat into an earlier escalation within the window.
+    /// The task is complete.
+    Suppressed {
+        /// The suppression window.
+        window: Duration,
+    },
+    /// An agent handled the escalation here. The task is complete.
+    Handled,
+    /// An agent forwarded the task to another agent.
+    Forwarded {
+        /// Where the task went.
+        to: Path,
+    },
+    /// The handler crashed (panic or crash error) on this attempt.
+    Crashed {
+        /// Attempt number that crashed, from 1.
+        attempt: u32,
+        /// The panic message or error.
+        reason: String,
+    },
+    /// The task left the top of the hierarchy into the escalation sink.
+    Delivered,
+    /// The task failed here.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One line of an audit trail: who saw the task, at which level, when, and what it decided.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Time since the hierarchy started (runtime clock, so virtual under paused time).
+    pub at: Duration,
+    /// The node that saw the task.
+    pub path: Path,
+    /// Depth of that node: 0 is the root.
+    pub level: u32,
+    /// What kind of node it is.
+    pub role: Role,
+    /// What it decided.
+    pub decision: Decision,
+}
+
+/// The escalation context a task carries while it travels up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EscalationInfo {
+    /// Current severity (the last agent to escalate sets it).
+    pub severity: f64,
+    /// Current reason.
+    pub reason: String,
+    /// The agent that first escalated the task.
+    pub origin: Path,
+    /// The agent that escalated it most recently.
+    pub from: Path,
+    /// Key used for repeat suppression: an explicit key, or origin and reason.
+    pub key: Option<String>,
+}
+
+impl EscalationInfo {
+    pub(crate) fn suppression_key(&self) -> String {
+        match &self.key {
+            Some(k) => k.clone(),
+            None => format!("{}\u{1f}{}", self.origin, self.reason),
+        }
+    }
+}
+
+/// How a task ended, as seen by whoever submitted it with `call`.
+#[derive(Debug)]
+pub enum Outcome<M> {
+    /// Handled inside the hierarchy; `reply` is the agent's reply, if it gave one.
+    Completed {
+        /// The reply value from [`crate::Verdict::Reply`], if any.
+        reply: Option<M>,
+        /// The node that completed it (an agent, or a supervisor that absorbed it).
+        by: Path,
+    },
+    /// The task escalated out of the top of the hierarchy into the escalation sink.
+    Escalated {
+        /// Final severity.
+        severity: f64,
+        /// Final reason.
+        reason: String,
+        /// Everyone who saw it on the way up.
+        trail: Vec<AuditEntry>,
+    },
+    /// The task failed; `reason` says why and where.
+    Failed(Failure),
+}
+
+impl<M> Outcome<M> {
+    /// True for [`Outcome::Completed`].
+    pub fn is_completed(&self) -> bool {
+        matches!(self, Outcome::Completed { .. })
+    }
+    /// True for [`Outcome::Escalated`].
+    pub fn is_escalated(&self) -> bool {
+        matches!(self, Outcome::Escalated { .. })
+    }
+    /// True for [`Outcome::Failed`].
+    pub fn is_failed(&self) -> bool {
+        matches!(self, Outcome::Failed(_))
+    }
+}
+
+/// Why a task failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The task.
+    pub task: TaskId,
+    /// The node where it failed.
+    pub at: Path,
+    /// How many times a handler was attempted.
+    pub attempts: u32,
+    /// Why: the last panic message or error, or the lifecycle event that ended it.
+    pub reason: String,
+    /// The audit trail up to the failure.
+    pub trail: Vec<AuditEntry>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} failed at {} after {} attempt(s): {}",
+            self.task, self.at, self.attempts, self.reason
+        )
+    }
+}
+
+/// An escalation that left the top of the hierarchy, as delivered to the escalation sink.
+#[derive(Debug)]
+pub struct EscalationReport<M> {
+    /// The task.
+    pub task: TaskId,
+    /// Final severity.
+    pub severity: f64,
+    /// Final reason.
+    pub reason: String,
+    /// The agent that first escalated it.
+    pub origin: Path,
+    /// The payload given by the last agent to escalate.
+    pub payload: M,
+    /// Everyone who saw it, in order.
+    pub trail: Vec<AuditEntry>,
+}
+
+/// The rarely used parts of a task, boxed so a plain task stays small.
+#[derive(Debug, Default)]
+pub(crate) struct TaskMeta {
+    pub(crate) escalation: Option<EscalationInfo>,
+    pub(crate) trail: Vec<AuditEntry>,
+}
+
+/// Everything about a task except its payload.
+pub(crate) struct TaskHead<M> {
+    pub(crate) id: TaskId,
+    /// Handler attempts made so far on the current node.
+    pub(crate) attempt: u32,
+    pub(crate) meta: Option<Box<TaskMeta>>,
+    pub(crate) reply: Option<oneshot::Sender<Outcome<M>>>,
+}
+
+/// A task in flight: head and payload.
+pub(crate) struct Task<M> {
+    pub(crate) head: TaskHead<M>,
+    pub(crate) payload: M,
+}
+
+impl<M> fmt::Debug for Task<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.head.id)
+            .field("attempt", &self.head.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> Task<M> {
+    pub(crate) fn new(id: TaskId, payload: M, reply: Option<oneshot::Sender<Outcome<M>>>) -> Self {
+        Task {
+            head: TaskHead {
+                id,
+                attempt: 0,
+                meta: None,
+                reply,
+            },
+            payload,
+        }
+    }
+}
+
+impl<M> TaskHead<M> {
+    pub(crate) fn meta_mut(&mut self) -> &mut TaskMeta {
+        self.meta.get_or_insert_with(Default::default)
+    }
+
+    pub(crate) fn escalation(&self) -> Option<&EscalationInfo> {
+        self.meta.as_ref().and_then(|m| m.escalation.as_ref())
+    }
+
+    pub(crate) fn record(&mut self, entry: AuditEntry) {
+        self.meta_mut().trail.push(entry);
+    }
+
+    pub(crate) fn take_trail(&mut self) -> Vec<AuditEntry> {
+        self.meta
+            .as_mut()
+            .map(|m| std::mem::take(&mut m.trail))
+            .unwrap_or_default()
+    }
+}

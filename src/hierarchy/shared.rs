@@ -1,0 +1,217 @@
+//! State shared by every actor of one hierarchy: the directory of slots, the phase,
+//! the clock origin, the seed and the escalation sink.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::accounting::{bump, Counters};
+use crate::address::Slot;
+use crate::envelope::{AuditEntry, Decision, EscalationReport, Failure, Outcome, TaskHead};
+
+/// Lifecycle phase of a hierarchy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    Running = 0,
+    /// Graceful shutdown: no new external work; in-flight work finishes.
+    Draining = 1,
+    /// Hard stop: queued work is failed, not handled.
+    Aborting = 2,
+    Stopped = 3,
+}
+
+pub(crate) struct Directory<M> {
+    /// Agents by full path and by `tier/index`.
+    pub(crate) by_path: HashMap<String, Arc<Slot<M>>>,
+    /// Agents by tier name, indexed by their global index in the tier.
+    pub(crate) by_tier: HashMap<String, Vec<Arc<Slot<M>>>>,
+    /// Every slot, supervisors included, for counters.
+    pub(crate) all: Vec<Arc<Slot<M>>>,
+}
+
+pub(crate) struct Shared<M> {
+    pub(crate) name: Arc<str>,
+    pub(crate) seed: u64,
+    pub(crate) started: Instant,
+    pub(crate) max_attempts: u32,
+    phase: AtomicU8,
+    pub(crate) failure: Mutex<Option<String>>,
+    pub(crate) sink: Mutex<Option<mpsc::UnboundedSender<EscalationReport<M>>>>,
+    pub(crate) directory: Directory<M>,
+    /// Flips to true when the root supervisor has exited.
+    pub(crate) finished: watch::Sender<bool>,
+}
+
+impl<M: crate::Message> Shared<M> {
+    pub(crate) fn new(
+        name: Arc<str>,
+        seed: u64,
+        max_attempts: u32,
+        directory: Directory<M>,
+    ) -> Self {
+        Shared {
+            name,
+            seed,
+            started: Instant::now(),
+            max_attempts,
+            phase: AtomicU8::new(Phase::Running as u8),
+            failure: Mutex::new(None),
+            sink: Mutex::new(None),
+            directory,
+            finished: watch::channel(false).0,
+        }
+    }
+
+    /// Move forward to `to` (phases only advance).
+    pub(crate) fn advance(&self, to: Phase) {
+        self.phase.fetch_max(to as u8, Ordering::AcqRel);
+    }
+
+    pub(crate) fn accepting(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == Phase::Running as u8
+    }
+
+    pub(crate) fn aborting(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) >= Phase::Aborting as u8
+    }
+
+    /// Time since the hierarchy started, on the runtime clock.
+    pub(crate) fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.started)
+    }
+
+    pub(crate) fn entry(&self, slot: &Slot<M>, decision: Decision) -> AuditEntry {
+        AuditEntry {
+            at: self.now(),
+            path: slot.path.clone(),
+            level: slot.level,
+            role: slot.role,
+            decision,
+        }
+    }
+
+    /// Record the hierarchy's failure (first reason wins).
+    pub(crate) fn set_failure(&self, reason: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(reason);
+        }
+    }
+
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counters summed over every node. Outcomes are read before submissions, so a
+    /// concurrent run can only show more in flight than there is, never less.
+    pub(crate) fn counters(&self) -> Counters {
+        let mut outcomes = Counters::default();
+        for s in &self.directory.all {
+            let mut c = s.stats.snapshot();
+            c.submitted = 0;
+            outcomes += c;
+        }
+        let submitted: u64 = self
+            .directory
+            .all
+            .iter()
+            .map(|s| s.stats.tx.submitted.load(Ordering::Acquire))
+            .sum();
+        outcomes.submitted = submitted;
+        outcomes
+    }
+
+    // ---- resolutions: the three ways a task ends --------------------------------
+
+    /// The task is complete at `at`.
+    pub(crate) fn complete(&self, at: &Slot<M>, mut head: TaskHead<M>, reply: Option<M>) {
+        bump(&at.stats.own.completed);
+        if let Some(tx) = head.reply.take() {
+            let _ = tx.send(Outcome::Completed {
+                reply,
+                by: at.path.clone(),
+            });
+        }
+    }
+
+    /// The task failed at `at` for `reason`.
+    pub(crate) fn fail(&self, at: &Slot<M>, mut head: TaskHead<M>, reason: &str) {
+        bump(&at.stats.own.failed);
+        tracing::debug!(task = %head.id, at = %at.path, reason, "task failed");
+        if let Some(tx) = head.reply.take() {
+            head.record(self.entry(
+                at,
+                Decision::Failed {
+                    reason: reason.to_string(),
+                },
+            ));
+            let _ = tx.send(Outcome::Failed(Failure {
+                task: head.id,
+                at: at.path.clone(),
+                attempts: head.attempt,
+                reason: reason.to_string(),
+                trail: head.take_trail(),
+            }));
+        }
+    }
+
+    /// The task leaves the top of the hierarchy at the root `at`.
+    pub(crate) fn escalate_out(&self, at: &Slot<M>, mut head: TaskHead<M>, payload: M) {
+        bump(&at.stats.own.escalated);
+        head.record(self.entry(at, Decision::Delivered));
+        let (severity, reason, origin) = match head.escalation() {
+            Some(e) => (e.severity, e.reason.clone(), e.origin.clone()),
+            None => (1.0, String::new(), at.path.clone()),
+        };
+        let trail = head.take_trail();
+        if let Some(tx) = head.reply.take() {
+            let _ = tx.send(Outcome::Escalated {
+                severity,
+                reason: reason.clone(),
+                trail: trail.clone(),
+            });
+        }
+        let sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sink) = sink.as_ref() {
+            let report = EscalationReport {
+                task: head.id,
+                severity,
+                reason,
+                origin,
+                payload,
+                trail,
+            };
+            if sink.send(report).is_err() {
+                tracing::warn!(
+                    hierarchy = %self.name,
+                    "escalation left the top but the subscriber dropped its receiver"
+                );
+            }
+        }
+    }
+
+    pub(crate) fn lookup(&self, addr: &str) -> Option<&Arc<Slot<M>>> {
+        let addr = addr.trim_matches('/');
+        self.directory.by_path.get(addr).or_else(|| {
+            addr.strip_prefix(&*self.name)
+                .map(|rest| rest.trim_start_matches('/'))
+                .and_then(|rest| self.directory.by_path.get(rest))
+        })
+    }
+}
+
+impl<M> std::fmt::Debug for Shared<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,42 @@
+//! # echelon
+//!
+//! A runtime for multi-agent systems on [`ractor`] actors. Every agent is a supervised
+//! actor with its own mailbox; supervisors implement the hierarchical pattern with a
+//! span of control, escalation thresholds and OTP-style restarts; nothing submitted is
+//! lost silently: every task ends as completed, escalated out of the top, or failed
+//! with a reason, and the counters prove it.
+//!
+//! Start with [`Agent`] (the user trait), [`Verdict`] (what became of a message) and
+//! [`Hierarchy::builder`]. `ARCHITECTURE.md` explains the actors, the path of a task
+//! and of an escalation, and what a restart keeps and loses.
+
+pub mod accounting;
+pub mod address;
+pub mod agent;
+pub mod envelope;
+pub mod hierarchy;
+pub(crate) mod node;
+pub(crate) mod panic;
+pub mod supervisor;
+
+pub use accounting::Counters;
+pub use address::{AgentRef, SendError};
+pub use agent::{Agent, AgentError, Ctx, ErrorKind, Escalation, Message, StopReason, Verdict};
+pub use envelope::{
+    AuditEntry, Decision, EscalationInfo, EscalationReport, Failure, Outcome, Path, Role, TaskId,
+};
+pub use hierarchy::{
+    AddressError, BuildError, Escalations, Hierarchy, HierarchyBuilder, ShutdownReport, Tier,
+    TreeNode,
+};
+pub use supervisor::{
+    Backoff, Intensity, RestartPolicy, SpanOfControl, SpanPolicy, Strategy, Threshold,
+};
+
+/// Everything needed to write agents and build hierarchies.
+pub mod prelude {
+    pub use crate::{
+        Agent, AgentError, AgentRef, Backoff, Ctx, Escalation, Hierarchy, Intensity, Outcome,
+        RestartPolicy, SpanOfControl, Strategy, Threshold, Tier, Verdict,
+    };
+}

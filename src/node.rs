@@ -1,0 +1,51 @@
+//! The internal protocol between the actors of a hierarchy.
+//!
+//! Agents, supervisors (and later routers and pipelines) all accept [`NodeMsg`], so any
+//! of them can be the child of a supervisor or the target of an escalation. Children
+//! talk to their supervisor upward only (escalations, exit reports that wait for a
+//! [`Directive`]); supervisors talk downward only with messages they never wait on
+//! (reset, stop). Waits therefore only ever point up the tree, which cannot deadlock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::envelope::Task;
+
+/// A message between hierarchy actors.
+#[derive(Debug)]
+pub(crate) enum NodeMsg<M> {
+    /// Work for this node.
+    Task(Task<M>),
+    /// An escalation from a report (supervisors only).
+    Escalation(Task<M>),
+    /// A child crashed or exited and waits for its supervisor's directive.
+    ChildExit {
+        child: usize,
+        exit: Exit,
+        reply: oneshot::Sender<Directive>,
+    },
+    /// Restart in place now (the supervisor has already bumped the restart epoch).
+    Reset,
+    /// Stop: no new work; fail what is queued if the hierarchy is aborting, then exit.
+    Stop { reason: Arc<str> },
+}
+
+/// How a child ended an incarnation.
+#[derive(Debug, Clone)]
+pub(crate) enum Exit {
+    /// Panic or crash error, with its message.
+    Crashed(String),
+    /// The agent asked to stop.
+    Normal,
+}
+
+/// A supervisor's answer to [`NodeMsg::ChildExit`].
+#[derive(Debug, Clone)]
+pub(crate) enum Directive {
+    /// Rebuild your state and go on, after `delay` (backoff).
+    Restart { delay: Duration },
+    /// Stop for good; fail what you hold with this reason.
+    Stop { reason: Arc<str> },
+}

@@ -1,0 +1,493 @@
+//! The supervisor actor: restarts, failure escalation, escalation filtering, orderly stop.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::spec::{spawn_node, NodeKind, NodeSpec};
+use super::{RestartPolicy, RestartWindow, Suppressor, TeamPolicy};
+use crate::accounting::{add, bump};
+use crate::address::Slot;
+use crate::agent::actor::refuse;
+use crate::envelope::{Decision, Task};
+use crate::hierarchy::shared::{Phase, Shared};
+use crate::node::{Directive, Exit, NodeMsg};
+
+pub(crate) struct SupervisorActor<M>(std::marker::PhantomData<fn() -> M>);
+
+impl<M> SupervisorActor<M> {
+    pub(crate) fn new() -> Self {
+        SupervisorActor(std::marker::PhantomData)
+    }
+}
+
+pub(crate) struct SupervisorArgs<M> {
+    pub(crate) spec: Arc<NodeSpec<M>>,
+    pub(crate) shared: Arc<Shared<M>>,
+    /// The parent's slot and our index among its children; `None` for the root.
+    pub(crate) parent: Option<(Arc<Slot<M>>, usize)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildState {
+    Running,
+    Stopped,
+}
+
+struct Child<M> {
+    spec: Arc<NodeSpec<M>>,
+    actor: Option<ActorId>,
+    state: ChildState,
+    /// Restarts of this child inside the current intensity period, for backoff.
+    consecutive: u32,
+    last_restart: Option<Instant>,
+}
+
+pub(crate) struct SupervisorState<M> {
+    slot: Arc<Slot<M>>,
+    shared: Arc<Shared<M>>,
+    parent: Option<(Arc<Slot<M>>, usize)>,
+    policy: TeamPolicy,
+    lead: Option<usize>,
+    escalate_to: Option<Arc<Slot<M>>>,
+    children: Vec<Child<M>>,
+    window: RestartWindow,
+    suppressor: Suppressor,
+    stopping: Option<Arc<str>>,
+}
+
+impl<M: crate::Message> Actor for SupervisorActor<M> {
+    type Msg = NodeMsg<M>;
+    type State = SupervisorState<M>;
+    type Arguments = SupervisorArgs<M>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let NodeKind::Team(team) = &args.spec.kind else {
+            return Err("a supervisor was given an agent spec".into());
+        };
+        let slot = team.slot.clone();
+        let mut children = Vec::with_capacity(team.children.len());
+        for (i, child) in team.children.iter().enumerate() {
+            let r = spawn_node(
+                child.clone(),
+                args.shared.clone(),
+                slot.clone(),
+                i,
+                myself.get_cell(),
+            )
+            .await
+            .map_err(|e| format!("{}: {e}", child.slot().path))?;
+            children.push(Child {
+                spec: child.clone(),
+                actor: Some(r.get_id()),
+                state: ChildState::Running,
+                consecutive: 0,
+                last_restart: None,
+            });
+        }
+        Ok(SupervisorState {
+            policy: team.policy,
+            lead: team.lead,
+            escalate_to: team.escalate_to.clone(),
+            window: RestartWindow::new(team.policy.intensity),
+            suppressor: Suppressor::default(),
+            slot,
+            shared: args.shared,
+            parent: args.parent,
+            children,
+            stopping: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::Escalation(task) => {
+                state.on_escalation(task);
+                bump(&state.slot.stats.own.settled);
+            }
+            NodeMsg::Task(task) => {
+                let reason = format!(
+                    "{} is a supervisor; send tasks to its agents",
+                    state.slot.path
+                );
+                state.shared.fail(&state.slot, task.head, &reason);
+                bump(&state.slot.stats.own.settled);
+            }
+            NodeMsg::ChildExit { child, exit, reply } => {
+                let directive = state.on_child_exit(child, exit, &myself).await;
+                let _ = reply.send(directive);
+            }
+            NodeMsg::Reset => {
+                if state.stopping.is_none() {
+                    state.reset_all(None);
+                }
+            }
+            NodeMsg::Stop { reason } => state.begin_stop(reason, &myself),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match evt {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                reason.unwrap_or_else(|| "the actor stopped".to_string()),
+            ),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        let Some(i) = state.children.iter().position(|c| c.actor == Some(id)) else {
+            return Ok(());
+        };
+        state.children[i].actor = None;
+        if state.children[i].spec.slot().is_closed() {
+            // it stopped by protocol (closed its slot first)
+            state.children[i].state = ChildState::Stopped;
+        } else {
+            state.on_child_died(i, reason, &myself).await;
+        }
+        state.maybe_finish_stop(&myself);
+        Ok(())
+    }
+}
+
+impl<M: crate::Message> SupervisorState<M> {
+    // ---- escalations ----------------------------------------------------------------
+
+    fn on_escalation(&mut self, task: Task<M>) {
+        let Task { mut head, payload } = task;
+        let shared = &self.shared;
+        let slot = &self.slot;
+        if let Some(reason) = &self.stopping {
+            let why = format!(
+                "{} stopped before passing the escalation on: {reason}",
+                slot.path
+            );
+            shared.fail(slot, head, &why);
+            return;
+        }
+        if shared.aborting() {
+            shared.fail(
+                slot,
+                head,
+                "the hierarchy stopped before the escalation was decided",
+            );
+            return;
+        }
+        let threshold = self.policy.threshold;
+        let (severity, key) = match head.escalation() {
+            Some(e) => (e.severity, threshold.suppress.map(|_| e.suppression_key())),
+            None => (1.0, None),
+        };
+        if severity < threshold.severity {
+            bump(&slot.stats.own.absorbed);
+            head.record(shared.entry(
+                slot,
+                Decision::Absorbed {
+                    threshold: threshold.severity,
+                },
+            ));
+            shared.complete(slot, head, None);
+            return;
+        }
+        if let (Some(window), Some(key)) = (threshold.suppress, key) {
+            if !self.suppressor.admit(key, window, Instant::now()) {
+                bump(&slot.stats.own.suppressed);
+                head.record(shared.entry(slot, Decision::Suppressed { window }));
+                shared.complete(slot, head, None);
+                return;
+            }
+        }
+        bump(&slot.stats.own.escalated_up);
+        head.record(shared.entry(
+            slot,
+            Decision::Accepted {
+                threshold: threshold.severity,
+            },
+        ));
+        let task = Task { head, payload };
+        let (target, msg) = match (self.lead, &self.escalate_to) {
+            (Some(lead), _) => (self.children[lead].spec.slot().clone(), NodeMsg::Task(task)),
+            (None, Some(up)) => (up.clone(), NodeMsg::Escalation(task)),
+            (None, None) => {
+                shared.escalate_out(slot, task.head, task.payload);
+                return;
+            }
+        };
+        if let Err((NodeMsg::Task(t) | NodeMsg::Escalation(t), why)) = target.deliver(msg) {
+            let reason = format!(
+                "could not pass the escalation from {} to {}: {why}",
+                slot.path, target.path
+            );
+            shared.fail(slot, t.head, &reason);
+        }
+    }
+
+    // ---- restarts -------------------------------------------------------------------
+
+    /// A child crashed in place (or asked to exit) and waits for our directive.
+    async fn on_child_exit(
+        &mut self,
+        i: usize,
+        exit: Exit,
+        myself: &ActorRef<NodeMsg<M>>,
+    ) -> Directive {
+        if i >= self.children.len() {
+            return Directive::Stop {
+                reason: Arc::from("unknown child"),
+            };
+        }
+        if let Some(reason) = &self.stopping {
+            return Directive::Stop {
+                reason: reason.clone(),
+            };
+        }
+        let policy = self.children[i].spec.restart;
+        let why = match &exit {
+            Exit::Crashed(r) => r.clone(),
+            Exit::Normal => "exited normally".to_string(),
+        };
+        let restart = !matches!(
+            (policy, &exit),
+            (RestartPolicy::Temporary, _) | (RestartPolicy::Transient, Exit::Normal)
+        );
+        if !restart {
+            let reason: Arc<str> = Arc::from(format!(
+                "{} is {policy:?} and {why}; it is not restarted",
+                self.children[i].spec.slot().path
+            ));
+            return Directive::Stop { reason };
+        }
+        self.decide_restart(i, &why, myself).await
+    }
+
+    /// Count a restart of child `i`, restart its siblings per the strategy, and return
+    /// the directive for child `i`; or fail upward if the intensity is exceeded.
+    async fn decide_restart(
+        &mut self,
+        i: usize,
+        why: &str,
+        myself: &ActorRef<NodeMsg<M>>,
+    ) -> Directive {
+        let now = Instant::now();
+        if !self.window.admit(now) {
+            bump(&self.slot.stats.own.failure_escalations);
+            let intensity = self.window.intensity();
+            let reason = format!(
+                "{} exceeded its restart intensity ({} restarts in {:?}); last failure: {}: {why}",
+                self.slot.path,
+                intensity.max(),
+                intensity.period(),
+                self.children[i].spec.slot().path,
+            );
+            tracing::warn!(supervisor = %self.slot.path, %reason, "failing upward");
+            return match self.fail_upward(reason).await {
+                Directive::Restart { .. } => {
+                    self.reset_all(Some(i));
+                    Directive::Restart {
+                        delay: std::time::Duration::ZERO,
+                    }
+                }
+                Directive::Stop { reason } => {
+                    self.begin_stop(reason.clone(), myself);
+                    Directive::Stop { reason }
+                }
+            };
+        }
+        let n = self.children.len();
+        for j in self.policy.strategy.affected(i, n) {
+            if j != i {
+                self.reset_child(j);
+            }
+        }
+        let child = &mut self.children[i];
+        let period = self.window.intensity().period();
+        child.consecutive = match child.last_restart {
+            Some(t) if now.saturating_duration_since(t) < period => child.consecutive + 1,
+            _ => 1,
+        };
+        child.last_restart = Some(now);
+        let delay = self
+            .policy
+            .backoff
+            .map_or(std::time::Duration::ZERO, |b| b.delay(child.consecutive));
+        Directive::Restart { delay }
+    }
+
+    /// Ask our own supervisor what to do about our failure. At the root, the hierarchy
+    /// fails.
+    async fn fail_upward(&mut self, reason: String) -> Directive {
+        match &self.parent {
+            Some((parent, idx)) => {
+                let (tx, rx) = oneshot::channel();
+                let msg = NodeMsg::ChildExit {
+                    child: *idx,
+                    exit: Exit::Crashed(reason),
+                    reply: tx,
+                };
+                if parent.deliver(msg).is_err() {
+                    return Directive::Stop {
+                        reason: Arc::from("the supervisor's own supervisor has stopped"),
+                    };
+                }
+                rx.await.unwrap_or_else(|_| Directive::Stop {
+                    reason: Arc::from("the supervisor's own supervisor stopped before deciding"),
+                })
+            }
+            None => {
+                tracing::error!(hierarchy = %self.shared.name, %reason, "hierarchy failed");
+                self.shared.set_failure(reason.clone());
+                self.shared.advance(Phase::Aborting);
+                Directive::Stop {
+                    reason: Arc::from(format!("the hierarchy failed: {reason}")),
+                }
+            }
+        }
+    }
+
+    /// Restart child `j` in place: agents at their next message, teams recursively.
+    fn reset_child(&mut self, j: usize) {
+        let child = &self.children[j];
+        if child.state != ChildState::Running {
+            return;
+        }
+        let slot = child.spec.slot();
+        if let NodeKind::Agent(_) = child.spec.kind {
+            slot.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        let _ = slot.deliver(NodeMsg::Reset);
+    }
+
+    /// Restart every child (a team restart), except `skip`, which restarts itself.
+    fn reset_all(&mut self, skip: Option<usize>) {
+        self.window.clear();
+        self.suppressor.clear();
+        for j in 0..self.children.len() {
+            if Some(j) != skip {
+                self.reset_child(j);
+            }
+        }
+    }
+
+    /// A child's actor died (not a crash caught in place: a kill, or a failure of our
+    /// own machinery). Account for what its mailbox held, then restart or stop it.
+    async fn on_child_died(&mut self, i: usize, reason: String, myself: &ActorRef<NodeMsg<M>>) {
+        let spec = self.children[i].spec.clone();
+        // the whole subtree died with it: account every slot's lost mailbox
+        spec.for_each_slot(&mut |slot| {
+            let lost = slot.detach();
+            if lost > 0 {
+                add(&slot.stats.own.failed, lost);
+                add(&slot.stats.own.lost_in_mailbox, lost);
+                tracing::warn!(node = %slot.path, lost, "tasks lost with a dead actor's mailbox");
+            }
+        });
+        tracing::warn!(child = %spec.slot().path, %reason, "child actor died");
+        let directive = if self.stopping.is_some() {
+            Directive::Stop {
+                reason: self
+                    .stopping
+                    .clone()
+                    .unwrap_or_else(|| Arc::from("stopping")),
+            }
+        } else if spec.restart == RestartPolicy::Temporary {
+            Directive::Stop {
+                reason: Arc::from(format!(
+                    "{} is Temporary and died: {reason}",
+                    spec.slot().path
+                )),
+            }
+        } else {
+            self.decide_restart(i, &reason, myself).await
+        };
+        match directive {
+            Directive::Restart { delay } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                match spawn_node(
+                    spec.clone(),
+                    self.shared.clone(),
+                    self.slot.clone(),
+                    i,
+                    myself.get_cell(),
+                )
+                .await
+                {
+                    Ok(actor) => {
+                        spec.for_each_slot(&mut |s| bump(&s.stats.own.restarts));
+                        self.children[i].actor = Some(actor.get_id());
+                        self.children[i].state = ChildState::Running;
+                    }
+                    Err(e) => {
+                        let reason: Arc<str> = Arc::from(format!("respawn failed: {e}"));
+                        self.close_subtree(&spec, &reason);
+                        self.children[i].state = ChildState::Stopped;
+                    }
+                }
+            }
+            Directive::Stop { reason } => {
+                self.close_subtree(&spec, &reason);
+                self.children[i].state = ChildState::Stopped;
+            }
+        }
+    }
+
+    /// Close every slot of a dead subtree and fail what waited in their pending queues.
+    fn close_subtree(&self, spec: &NodeSpec<M>, reason: &Arc<str>) {
+        spec.for_each_slot(&mut |slot| {
+            for msg in slot.close(reason.clone()) {
+                refuse(&self.shared, slot, msg, reason);
+            }
+        });
+    }
+
+    // ---- orderly stop -----------------------------------------------------------------
+
+    /// Stop: refuse new work, tell every child to stop, and exit once they all have.
+    fn begin_stop(&mut self, reason: Arc<str>, myself: &ActorRef<NodeMsg<M>>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some(reason.clone());
+        for msg in self.slot.close(reason.clone()) {
+            refuse(&self.shared, &self.slot, msg, &reason);
+        }
+        for c in &self.children {
+            if c.state == ChildState::Running {
+                let _ = c.spec.slot().deliver(NodeMsg::Stop {
+                    reason: reason.clone(),
+                });
+            }
+        }
+        self.maybe_finish_stop(myself);
+    }
+
+    fn maybe_finish_stop(&mut self, myself: &ActorRef<NodeMsg<M>>) {
+        if self.stopping.is_none() {
+            return;
+        }
+        if self.children.iter().all(|c| c.actor.is_none()) {
+            // drain: escalations already queued are processed (failed) before we exit
+            let _ = myself.drain();
+        }
+    }
+}
