@@ -227,10 +227,7 @@ impl<M: crate::Message> AgentRef<M> {
     /// [`SendError::Closed`] if this agent has stopped for good; both give the message
     /// back. A refused message is not counted as submitted.
     pub fn send(&self, msg: M) -> Result<TaskId, SendError<M>> {
-        if !self.shared.accepting() {
-            return Err(SendError::ShuttingDown { msg });
-        }
-        self.submit(msg, None)
+        self.submit(msg, None, true)
     }
 
     /// Submit a task and wait for its outcome: completed (with the agent's reply, if
@@ -242,11 +239,8 @@ impl<M: crate::Message> AgentRef<M> {
     /// # Cancel safety
     /// Dropping the future does not withdraw the task; it still runs and is counted.
     pub async fn call(&self, msg: M) -> Result<Outcome<M>, SendError<M>> {
-        if !self.shared.accepting() {
-            return Err(SendError::ShuttingDown { msg });
-        }
         let (tx, rx) = oneshot::channel();
-        let id = self.submit(msg, Some(tx))?;
+        let id = self.submit(msg, Some(tx), true)?;
         Ok(rx.await.unwrap_or_else(|_| {
             Outcome::Failed(crate::envelope::Failure {
                 task: id,
@@ -259,13 +253,22 @@ impl<M: crate::Message> AgentRef<M> {
         }))
     }
 
-    /// Submit from inside the hierarchy (a handler's new task) or from outside.
+    /// Submit from inside the hierarchy (a handler's new task) or from outside
+    /// (`external`: refused once the hierarchy stops taking work).
     pub(crate) fn submit(
         &self,
         msg: M,
         reply: Option<oneshot::Sender<Outcome<M>>>,
+        external: bool,
     ) -> Result<TaskId, SendError<M>> {
-        let seq = self.slot.stats.tx.submitted.fetch_add(1, Ordering::AcqRel);
+        // Count first, then check the phase (both SeqCst, like `Shared::advance` and the
+        // drain check's read of `submitted`): a shutdown either sees this submission and
+        // waits for it, or this sender sees the shutdown and withdraws.
+        let seq = self.slot.stats.tx.submitted.fetch_add(1, Ordering::SeqCst);
+        if external && !self.shared.accepting() {
+            self.slot.stats.tx.submitted.fetch_sub(1, Ordering::SeqCst);
+            return Err(SendError::ShuttingDown { msg });
+        }
         let id = TaskId(((self.slot.uid as u64) << 40) | (seq & ((1 << 40) - 1)));
         match self.slot.deliver(NodeMsg::Task(Task::new(id, msg, reply))) {
             Ok(()) => Ok(id),

@@ -187,6 +187,9 @@ pub enum Outcome<M> {
         reply: Option<M>,
         /// The node that completed it (an agent, or a supervisor that absorbed it).
         by: Path,
+        /// The audit trail, if the task travelled as an escalation or crashed on the
+        /// way (ends with `Handled`, `Absorbed` or `Suppressed`); empty otherwise.
+        trail: Vec<AuditEntry>,
     },
     /// The task escalated out of the top of the hierarchy into the escalation sink.
     Escalated {

@@ -40,3 +40,8 @@ pub mod prelude {
         RestartPolicy, SpanOfControl, Strategy, Threshold, Tier, Verdict,
     };
 }
+
+/// The README's example, compiled and run as a doctest so it cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

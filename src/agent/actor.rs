@@ -256,7 +256,8 @@ impl<A: Agent> AgentState<A> {
                 };
                 shared.complete(slot, head, reply);
             }
-            Verdict::Escalate(esc) => {
+            Verdict::Escalate(mut esc) => {
+                esc.severity = super::sanitize_severity(esc.severity);
                 bump(&slot.stats.own.escalated_up);
                 let origin = head
                     .escalation()

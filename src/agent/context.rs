@@ -143,7 +143,7 @@ impl<M: crate::Message> Ctx<M> {
     /// # Errors
     /// [`SendError::Closed`] if the target has stopped for good.
     pub fn send(&self, to: &AgentRef<M>, msg: M) -> Result<TaskId, SendError<M>> {
-        to.submit(msg, None)
+        to.submit(msg, None, false)
     }
 
     /// Stop this agent after the current message (a normal exit: a permanent agent is

@@ -149,13 +149,8 @@ impl<M> Escalation<M> {
     /// An escalation with the default suppression key (originating agent and reason).
     /// Severity is clamped to `0.0..=1.0`; NaN becomes 1.0.
     pub fn new(severity: f64, reason: impl Into<String>, payload: M) -> Self {
-        let severity = if severity.is_nan() {
-            1.0
-        } else {
-            severity.clamp(0.0, 1.0)
-        };
         Escalation {
-            severity,
+            severity: sanitize_severity(severity),
             reason: reason.into(),
             payload,
             key: None,
@@ -166,6 +161,17 @@ impl<M> Escalation<M> {
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
         self
+    }
+}
+
+/// Clamp a severity to `0.0..=1.0`; NaN becomes 1.0 (an unreadable severity is never
+/// silently absorbed). Applied when an escalation is made and again where it is judged,
+/// since [`Escalation`]'s fields are public.
+pub(crate) fn sanitize_severity(severity: f64) -> f64 {
+    if severity.is_nan() {
+        1.0
+    } else {
+        severity.clamp(0.0, 1.0)
     }
 }
 

@@ -357,8 +357,14 @@ impl<M: crate::Message> Hierarchy<M> {
 
     /// Graceful shutdown: stop taking new tasks, let in-flight work (including
     /// escalations and new tasks it creates) finish for up to `deadline`, then stop
-    /// every actor. Tasks still unfinished at the deadline are failed with a reason
-    /// (their callers see it) and `drained` is false.
+    /// every actor.
+    ///
+    /// At the deadline, tasks still *queued* are failed with a reason (their callers see
+    /// it) and `drained` is false. A handler already *running* at the deadline is not
+    /// interrupted: it finishes and its task gets its normal outcome, unless it is
+    /// still running 5 seconds later, when its actor is killed and the task is counted
+    /// as failed (`lost_in_mailbox`). So this returns within `deadline` plus the
+    /// longest running handler, at most `deadline` + 5 s.
     pub async fn shutdown(mut self, deadline: Duration) -> ShutdownReport {
         self.shared.advance(Phase::Draining);
         let drained = self.wait_idle(deadline).await.is_ok();

@@ -68,12 +68,16 @@ impl<M: crate::Message> Shared<M> {
     }
 
     /// Move forward to `to` (phases only advance).
+    ///
+    /// SeqCst pairs with [`Shared::accepting`] and the submission count (see
+    /// `AgentRef::submit`): either a sender sees the new phase and withdraws its task,
+    /// or the drain check sees the task's submission.
     pub(crate) fn advance(&self, to: Phase) {
-        self.phase.fetch_max(to as u8, Ordering::AcqRel);
+        self.phase.fetch_max(to as u8, Ordering::SeqCst);
     }
 
     pub(crate) fn accepting(&self) -> bool {
-        self.phase.load(Ordering::Relaxed) == Phase::Running as u8
+        self.phase.load(Ordering::SeqCst) == Phase::Running as u8
     }
 
     pub(crate) fn aborting(&self) -> bool {
@@ -123,7 +127,7 @@ impl<M: crate::Message> Shared<M> {
             .directory
             .all
             .iter()
-            .map(|s| s.stats.tx.submitted.load(Ordering::Acquire))
+            .map(|s| s.stats.tx.submitted.load(Ordering::SeqCst))
             .sum();
         outcomes.submitted = submitted;
         outcomes
@@ -138,6 +142,7 @@ impl<M: crate::Message> Shared<M> {
             let _ = tx.send(Outcome::Completed {
                 reply,
                 by: at.path.clone(),
+                trail: head.take_trail(),
             });
         }
     }
@@ -198,13 +203,13 @@ impl<M: crate::Message> Shared<M> {
         }
     }
 
+    /// Resolve a full path (with or without the hierarchy name) or `tier/index`.
     pub(crate) fn lookup(&self, addr: &str) -> Option<&Arc<Slot<M>>> {
         let addr = addr.trim_matches('/');
-        self.directory.by_path.get(addr).or_else(|| {
-            addr.strip_prefix(&*self.name)
-                .map(|rest| rest.trim_start_matches('/'))
-                .and_then(|rest| self.directory.by_path.get(rest))
-        })
+        self.directory
+            .by_path
+            .get(addr)
+            .or_else(|| self.directory.by_path.get(&format!("{}/{addr}", self.name)))
     }
 }
 

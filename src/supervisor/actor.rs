@@ -12,7 +12,7 @@ use super::{RestartPolicy, RestartWindow, Suppressor, TeamPolicy};
 use crate::accounting::{add, bump};
 use crate::address::Slot;
 use crate::agent::actor::refuse;
-use crate::envelope::{Decision, Task};
+use crate::envelope::{Decision, Role, Task};
 use crate::hierarchy::shared::{Phase, Shared};
 use crate::node::{Directive, Exit, NodeMsg};
 
@@ -193,8 +193,18 @@ impl<M: crate::Message> SupervisorState<M> {
             return;
         }
         let threshold = self.policy.threshold;
+        // Team leads (auto-split) apply the threshold, which is idempotent, but not the
+        // suppression window: folding is decided once, by the team (or the root), so a
+        // split never changes what gets folded.
+        let suppress = match slot.role {
+            Role::TeamLead => None,
+            _ => threshold.suppress,
+        };
         let (severity, key) = match head.escalation() {
-            Some(e) => (e.severity, threshold.suppress.map(|_| e.suppression_key())),
+            Some(e) => (
+                crate::agent::sanitize_severity(e.severity),
+                suppress.map(|_| e.suppression_key()),
+            ),
             None => (1.0, None),
         };
         if severity < threshold.severity {
@@ -208,7 +218,7 @@ impl<M: crate::Message> SupervisorState<M> {
             shared.complete(slot, head, None);
             return;
         }
-        if let (Some(window), Some(key)) = (threshold.suppress, key) {
+        if let (Some(window), Some(key)) = (suppress, key) {
             if !self.suppressor.admit(key, window, Instant::now()) {
                 bump(&slot.stats.own.suppressed);
                 head.record(shared.entry(slot, Decision::Suppressed { window }));
