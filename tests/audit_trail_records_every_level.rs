@@ -314,7 +314,11 @@ async fn an_absorbed_escalation_is_completed_by_the_supervisor_that_kept_it() {
         } => {
             assert_eq!(by.as_str(), "h/top/0/mid/1");
             let last = trail.last().expect("an absorbed escalation has a trail");
-            assert_eq!(last.role, Role::Supervisor, "absorbed by the team's supervisor");
+            assert_eq!(
+                last.role,
+                Role::Supervisor,
+                "absorbed by the team's supervisor"
+            );
             assert!(
                 matches!(last.decision, Decision::Absorbed { .. }),
                 "trail ends in Absorbed: {trail:?}"

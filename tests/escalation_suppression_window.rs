@@ -118,7 +118,10 @@ fn assert_folded(o: &O<Alarm>, sink: &mut Escalations<Alarm>, n: u32) {
         } => {
             assert_eq!(by.as_str(), "h", "alarm {n}");
             assert!(
-                matches!(trail.last().map(|e| &e.decision), Some(Decision::Suppressed { .. })),
+                matches!(
+                    trail.last().map(|e| &e.decision),
+                    Some(Decision::Suppressed { .. })
+                ),
                 "alarm {n}: a folded escalation's trail ends in Suppressed, got {trail:?}"
             );
         }
