@@ -1,7 +1,7 @@
 //! A task in flight: its identity, attempt count, escalation context, audit trail
 //! and the port its outcome is reported on.
 //!
-//! A [`Task`] is created when work enters a hierarchy and is *consumed* exactly once,
+//! A task is created when work enters a hierarchy and is *consumed* exactly once,
 //! by one of three resolutions: completed, escalated out of the top, or failed. The
 //! resolution functions take the task by value, so the type system rules out a second
 //! outcome; the only other way to end a task is to drop its actor's mailbox, which the

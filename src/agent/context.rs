@@ -125,16 +125,7 @@ impl<M: crate::Message> Ctx<M> {
     /// # Errors
     /// [`AddressError::NotFound`] if no agent has that address.
     pub fn agent(&self, addr: &str) -> Result<AgentRef<M>, AddressError> {
-        match self.shared.lookup(addr) {
-            Some(slot) => Ok(AgentRef {
-                slot: slot.clone(),
-                shared: self.shared.clone(),
-            }),
-            None => Err(AddressError::NotFound {
-                addr: addr.to_string(),
-                hierarchy: self.shared.name.to_string(),
-            }),
-        }
+        Shared::agent_ref(&self.shared, addr)
     }
 
     /// Submit a *new* task to another agent (counted as submitted there). Works during
@@ -152,8 +143,11 @@ impl<M: crate::Message> Ctx<M> {
         self.stop_requested = true;
     }
 
+    /// A fresh incarnation discards everything the previous one asked for, including a
+    /// stop requested by an attempt that then crashed.
     pub(crate) fn reincarnate(&mut self) {
         self.incarnation += 1;
         self.rng = None;
+        self.stop_requested = false;
     }
 }

@@ -178,10 +178,12 @@ pub(crate) fn sanitize_severity(severity: f64) -> f64 {
 /// Why an agent incarnation is stopping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
-    /// The agent is being restarted after a crash (its own or a sibling's); the value
-    /// is dropped after this call.
+    /// The agent is being restarted: after its own crash, a sibling's (one-for-all,
+    /// rest-for-one), its team's restart, or a normal exit of a permanent agent. The
+    /// value is dropped after this call.
     Restart,
-    /// The hierarchy or the supervisor is stopping the agent.
+    /// The agent stops for good: the hierarchy is shutting down, its team is stopping,
+    /// or it crashed and its policy (temporary) or its supervisor does not restart it.
     Shutdown,
     /// The agent asked to stop ([`Ctx::stop`]).
     Normal,

@@ -242,16 +242,7 @@ impl<M: crate::Message> Hierarchy<M> {
     /// # Errors
     /// [`AddressError::NotFound`] if no agent has that address.
     pub fn agent(&self, addr: &str) -> Result<AgentRef<M>, AddressError> {
-        match self.shared.lookup(addr) {
-            Some(slot) => Ok(AgentRef {
-                slot: slot.clone(),
-                shared: self.shared.clone(),
-            }),
-            None => Err(AddressError::NotFound {
-                addr: addr.to_string(),
-                hierarchy: self.shared.name.to_string(),
-            }),
-        }
+        Shared::agent_ref(&self.shared, addr)
     }
 
     /// Handles to every agent of a tier, by index.

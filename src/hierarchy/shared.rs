@@ -203,6 +203,23 @@ impl<M: crate::Message> Shared<M> {
         }
     }
 
+    /// A handle to the agent at `addr` (see [`Shared::lookup`]).
+    pub(crate) fn agent_ref(
+        this: &Arc<Self>,
+        addr: &str,
+    ) -> Result<crate::AgentRef<M>, crate::AddressError> {
+        match this.lookup(addr) {
+            Some(slot) => Ok(crate::AgentRef {
+                slot: slot.clone(),
+                shared: this.clone(),
+            }),
+            None => Err(crate::AddressError::NotFound {
+                addr: addr.to_string(),
+                hierarchy: this.name.to_string(),
+            }),
+        }
+    }
+
     /// Resolve a full path (with or without the hierarchy name) or `tier/index`.
     pub(crate) fn lookup(&self, addr: &str) -> Option<&Arc<Slot<M>>> {
         let addr = addr.trim_matches('/');

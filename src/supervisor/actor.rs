@@ -390,6 +390,10 @@ impl<M: crate::Message> SupervisorState<M> {
     fn reset_all(&mut self, skip: Option<usize>) {
         self.window.clear();
         self.suppressor.clear();
+        for c in &mut self.children {
+            c.consecutive = 0;
+            c.last_restart = None;
+        }
         for j in 0..self.children.len() {
             if Some(j) != skip {
                 self.reset_child(j);
