@@ -146,7 +146,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     // a reading that crashes its monitor once
     let outcome = monitors[9].call(Ward::Garbled { patient: 9 }).await?;
-    println!("\ngarbled reading for patient 9: {outcome:?}");
+    let m9 = monitors[9].counters();
+    println!(
+        "\ngarbled reading for patient 9: monitor {} panicked, was restarted {} time(s) and the \
+         reading redelivered {} time(s); outcome: {outcome:?}",
+        monitors[9].path(),
+        m9.restarts,
+        m9.redelivered
+    );
 
     let counters = ward
         .wait_idle(Duration::from_secs(5))

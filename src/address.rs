@@ -179,6 +179,10 @@ impl<M: Send + 'static> Slot<M> {
         drained
     }
 
+    pub(crate) fn actor(&self) -> Option<ActorRef<NodeMsg<M>>> {
+        self.read().actor.clone()
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.read().closed.is_some()
     }
@@ -251,6 +255,25 @@ impl<M: crate::Message> AgentRef<M> {
                 trail: Vec::new(),
             })
         }))
+    }
+
+    /// Fault injection: kill this agent's current actor outright, as if its process
+    /// thread died — no handler finishes, nothing is caught in place.
+    ///
+    /// The supervisor sees the actor die, counts what its mailbox held (the task in
+    /// flight and everything queued) as failed (`Counters::lost_in_mailbox`; callers
+    /// waiting on those tasks get `Outcome::Failed`), then applies its restart policy
+    /// and intensity and respawns a new actor into the same address. Tasks sent while
+    /// no actor is attached wait for the new one. Returns false if the agent has no
+    /// live actor.
+    pub fn kill(&self) -> bool {
+        match self.slot.actor() {
+            Some(actor) => {
+                actor.kill();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Submit from inside the hierarchy (a handler's new task) or from outside
