@@ -42,6 +42,14 @@ pub struct Counters {
     pub failure_escalations: u64,
     /// Tasks lost in a dead actor's mailbox and counted as failed (a subset of `failed`).
     pub lost_in_mailbox: u64,
+    /// Requests a router refused (admission limit, no eligible worker); a subset of
+    /// `failed`.
+    pub rejected: u64,
+    /// Router branches still running when their request was decided (a race won,
+    /// fail-fast); their late answers are ignored.
+    pub discarded: u64,
+    /// Router branches unanswered at their request's deadline.
+    pub timed_out: u64,
 }
 
 impl Counters {
@@ -71,6 +79,9 @@ impl AddAssign for Counters {
         self.suppressed += o.suppressed;
         self.failure_escalations += o.failure_escalations;
         self.lost_in_mailbox += o.lost_in_mailbox;
+        self.rejected += o.rejected;
+        self.discarded += o.discarded;
+        self.timed_out += o.timed_out;
     }
 }
 
@@ -113,6 +124,9 @@ pub(crate) struct OwnerSide {
     pub(crate) suppressed: AtomicU64,
     pub(crate) failure_escalations: AtomicU64,
     pub(crate) lost_in_mailbox: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) discarded: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
 }
 
 /// Live counters of one node.
@@ -152,6 +166,9 @@ impl NodeStats {
             suppressed: r(&o.suppressed),
             failure_escalations: r(&o.failure_escalations),
             lost_in_mailbox: r(&o.lost_in_mailbox),
+            rejected: r(&o.rejected),
+            discarded: r(&o.discarded),
+            timed_out: r(&o.timed_out),
             // read last: a task's submission happens before its outcome, so reading
             // outcomes first can only over-estimate in-flight work, never hide it.
             submitted: r(&self.tx.submitted),

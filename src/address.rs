@@ -188,6 +188,9 @@ impl<M: Send + 'static> Slot<M> {
     }
 }
 
+/// The outcome and detail ports of a request submitted with `submit_with_detail`.
+pub(crate) type WithDetail<M> = (oneshot::Receiver<Outcome<M>>, crate::router::DetailRx<M>);
+
 /// A handle to one agent: send it tasks, call it and wait for the outcome.
 ///
 /// The handle addresses the agent's *position*, not one actor incarnation: it stays
@@ -276,6 +279,27 @@ impl<M: crate::Message> AgentRef<M> {
         }
     }
 
+    /// Submit a router's or pipeline's branch: a sub-task whose outcome (escalation
+    /// included) comes back on `reply`.
+    pub(crate) fn submit_branch(
+        &self,
+        msg: M,
+        reply: oneshot::Sender<Outcome<M>>,
+    ) -> Result<TaskId, SendError<M>> {
+        self.submit_with(msg, Some(reply), false, |h| h.branch = true)
+    }
+
+    /// Submit from outside and ask for the router's or pipeline's detailed report.
+    pub(crate) fn submit_with_detail(
+        &self,
+        msg: M,
+    ) -> Result<WithDetail<M>, SendError<M>> {
+        let (tx, rx) = oneshot::channel();
+        let (dtx, drx) = oneshot::channel();
+        self.submit_with(msg, Some(tx), true, |h| h.meta_mut().detail = Some(dtx))?;
+        Ok((rx, drx))
+    }
+
     /// Submit from inside the hierarchy (a handler's new task) or from outside
     /// (`external`: refused once the hierarchy stops taking work).
     pub(crate) fn submit(
@@ -283,6 +307,16 @@ impl<M: crate::Message> AgentRef<M> {
         msg: M,
         reply: Option<oneshot::Sender<Outcome<M>>>,
         external: bool,
+    ) -> Result<TaskId, SendError<M>> {
+        self.submit_with(msg, reply, external, |_| {})
+    }
+
+    fn submit_with(
+        &self,
+        msg: M,
+        reply: Option<oneshot::Sender<Outcome<M>>>,
+        external: bool,
+        prepare: impl FnOnce(&mut crate::envelope::TaskHead<M>),
     ) -> Result<TaskId, SendError<M>> {
         // Count first, then check the phase (both SeqCst, like `Shared::advance` and the
         // drain check's read of `submitted`): a shutdown either sees this submission and
@@ -293,7 +327,9 @@ impl<M: crate::Message> AgentRef<M> {
             return Err(SendError::ShuttingDown { msg });
         }
         let id = TaskId(((self.slot.uid as u64) << 40) | (seq & ((1 << 40) - 1)));
-        match self.slot.deliver(NodeMsg::Task(Task::new(id, msg, reply))) {
+        let mut task = Task::new(id, msg, reply);
+        prepare(&mut task.head);
+        match self.slot.deliver(NodeMsg::Task(task)) {
             Ok(()) => Ok(id),
             Err((back, reason)) => {
                 self.slot.stats.tx.submitted.fetch_sub(1, Ordering::AcqRel);

@@ -85,6 +85,8 @@ pub enum Role {
     Supervisor,
     /// A team lead created by auto-split to keep the span of control.
     TeamLead,
+    /// A router: fans requests out to its workers and gathers their results.
+    Router,
     /// The hierarchy's root supervisor.
     Root,
 }
@@ -132,6 +134,25 @@ pub enum Decision {
     },
     /// The task left the top of the hierarchy into the escalation sink.
     Delivered,
+    /// A router sent the request to these workers.
+    Routed {
+        /// The workers that got a branch.
+        to: Vec<Path>,
+    },
+    /// A router gathered its branches: how many answered, escalated, failed, timed
+    /// out, or were discarded once the result was decided.
+    Gathered {
+        /// Branches that answered.
+        answered: u32,
+        /// Branches that escalated.
+        escalated: u32,
+        /// Branches that failed.
+        failed: u32,
+        /// Branches still unanswered at the deadline.
+        timed_out: u32,
+        /// Branches whose answers were discarded (a race was won, fail-fast fired).
+        discarded: u32,
+    },
     /// The task failed here.
     Failed {
         /// Why.
@@ -191,12 +212,17 @@ pub enum Outcome<M> {
         /// way (ends with `Handled`, `Absorbed` or `Suppressed`); empty otherwise.
         trail: Vec<AuditEntry>,
     },
-    /// The task escalated out of the top of the hierarchy into the escalation sink.
+    /// The task escalated out of the top of the hierarchy into the escalation sink
+    /// (or, for a router's or pipeline's branch, back to the router).
     Escalated {
         /// Final severity.
         severity: f64,
         /// Final reason.
         reason: String,
+        /// The agent that first escalated it.
+        origin: Path,
+        /// The payload given by the last agent to escalate (a copy of what the sink got).
+        payload: M,
         /// Everyone who saw it on the way up.
         trail: Vec<AuditEntry>,
     },
@@ -261,11 +287,29 @@ pub struct EscalationReport<M> {
     pub trail: Vec<AuditEntry>,
 }
 
+/// Details a router or pipeline reports for one request, to a caller that asked.
+#[derive(Debug)]
+pub(crate) enum Detail<M> {
+    Gather(crate::router::Gathered<M>),
+}
+
 /// The rarely used parts of a task, boxed so a plain task stays small.
-#[derive(Debug, Default)]
-pub(crate) struct TaskMeta {
+#[derive(Debug)]
+pub(crate) struct TaskMeta<M> {
     pub(crate) escalation: Option<EscalationInfo>,
     pub(crate) trail: Vec<AuditEntry>,
+    /// Where a router or pipeline sends its per-request details, if the caller asked.
+    pub(crate) detail: Option<oneshot::Sender<Detail<M>>>,
+}
+
+impl<M> Default for TaskMeta<M> {
+    fn default() -> Self {
+        TaskMeta {
+            escalation: None,
+            trail: Vec::new(),
+            detail: None,
+        }
+    }
 }
 
 /// Everything about a task except its payload.
@@ -273,7 +317,10 @@ pub(crate) struct TaskHead<M> {
     pub(crate) id: TaskId,
     /// Handler attempts made so far on the current node.
     pub(crate) attempt: u32,
-    pub(crate) meta: Option<Box<TaskMeta>>,
+    /// A router's or pipeline's sub-task: an escalation of it returns to the router as
+    /// the branch's result instead of going up the hierarchy.
+    pub(crate) branch: bool,
+    pub(crate) meta: Option<Box<TaskMeta<M>>>,
     pub(crate) reply: Option<oneshot::Sender<Outcome<M>>>,
 }
 
@@ -298,6 +345,7 @@ impl<M> Task<M> {
             head: TaskHead {
                 id,
                 attempt: 0,
+                branch: false,
                 meta: None,
                 reply,
             },
@@ -307,7 +355,7 @@ impl<M> Task<M> {
 }
 
 impl<M> TaskHead<M> {
-    pub(crate) fn meta_mut(&mut self) -> &mut TaskMeta {
+    pub(crate) fn meta_mut(&mut self) -> &mut TaskMeta<M> {
         self.meta.get_or_insert_with(Default::default)
     }
 

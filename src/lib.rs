@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod hierarchy;
 pub(crate) mod node;
 pub(crate) mod panic;
+pub mod router;
 pub mod supervisor;
 
 pub use accounting::Counters;
@@ -29,6 +30,10 @@ pub use hierarchy::{
     AddressError, BuildError, Escalations, Hierarchy, HierarchyBuilder, ShutdownReport, Tier,
     TreeNode,
 };
+pub use router::{
+    BranchReport, BranchStatus, Breaker, BreakerState, Gather, GatherError, Gathered, Partial,
+    Route, Router, RouterBuilder, RouterHandle,
+};
 pub use supervisor::{
     Backoff, Intensity, RestartPolicy, SpanOfControl, SpanPolicy, Strategy, Threshold,
 };
@@ -36,8 +41,9 @@ pub use supervisor::{
 /// Everything needed to write agents and build hierarchies.
 pub mod prelude {
     pub use crate::{
-        Agent, AgentError, AgentRef, Backoff, Ctx, Escalation, Hierarchy, Intensity, Outcome,
-        RestartPolicy, SpanOfControl, Strategy, Threshold, Tier, Verdict,
+        Agent, AgentError, AgentRef, Backoff, Breaker, Ctx, Escalation, Gather, Hierarchy,
+        Intensity, Outcome, RestartPolicy, Route, Router, SpanOfControl, Strategy, Threshold, Tier,
+        Verdict,
     };
 }
 

@@ -178,12 +178,19 @@ async fn an_escalation_out_of_the_top_lists_every_node_in_order() {
     let Outcome::Escalated {
         severity,
         reason,
+        origin,
         trail,
+        ..
     } = o
     else {
         panic!("expected the note to leave the top, got {o:?}");
     };
     assert_eq!((severity, reason.as_str()), (0.95, "top pages"));
+    assert_eq!(
+        origin.as_str(),
+        "h/top/0/mid/1/leaf/3",
+        "the caller learns the origin too"
+    );
     assert_eq!(steps(&trail), full_trail());
     assert_times_non_decreasing(&trail);
 

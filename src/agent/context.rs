@@ -26,7 +26,7 @@ pub struct Ctx<M> {
     rng: Option<StdRng>,
     pub(crate) task: TaskId,
     pub(crate) attempt: u32,
-    pub(crate) meta: Option<Box<TaskMeta>>,
+    pub(crate) meta: Option<Box<TaskMeta<M>>>,
     pub(crate) stop_requested: bool,
 }
 

@@ -10,6 +10,8 @@ use super::{BuildError, Hierarchy};
 use crate::address::Slot;
 use crate::agent::Agent;
 use crate::envelope::{Path, Role};
+use crate::router::actor::{RouterShared, RouterSpawner, Worker};
+use crate::router::RouterConfig;
 use crate::supervisor::actor::{SupervisorActor, SupervisorArgs};
 use crate::supervisor::spec::{
     AgentSpec, FactorySpawner, NodeKind, NodeSpec, SpawnAgent, TeamSpec,
@@ -19,14 +21,19 @@ use crate::supervisor::{
     TeamPolicy, Threshold,
 };
 
-/// One tier of a hierarchy: a name, how many agents, how to build each, and the
-/// tier's own policies.
+/// One tier of a hierarchy: a name, how many nodes, what each node is (an agent built
+/// by a factory, or a router with its workers), and the tier's own policies.
 pub struct Tier<M> {
     name: String,
     count: usize,
-    spawner: Arc<dyn SpawnAgent<M>>,
+    kind: TierKind<M>,
     threshold: Option<Threshold>,
     restart: RestartPolicy,
+}
+
+pub(crate) enum TierKind<M> {
+    Agents(Arc<dyn SpawnAgent<M>>),
+    Router(Arc<RouterConfig<M>>),
 }
 
 impl<M> std::fmt::Debug for Tier<M> {
@@ -49,9 +56,19 @@ impl<M: crate::Message> Tier<M> {
         Tier {
             name: name.into(),
             count,
-            spawner: Arc::new(FactorySpawner {
+            kind: TierKind::Agents(Arc::new(FactorySpawner {
                 factory: Arc::new(factory),
-            }),
+            })),
+            threshold: None,
+            restart: RestartPolicy::Permanent,
+        }
+    }
+
+    pub(crate) fn router(name: impl Into<String>, count: usize, cfg: Arc<RouterConfig<M>>) -> Self {
+        Tier {
+            name: name.into(),
+            count,
+            kind: TierKind::Router(cfg),
             threshold: None,
             restart: RestartPolicy::Permanent,
         }
@@ -180,25 +197,7 @@ impl<M: crate::Message> HierarchyBuilder<M> {
                 name: self.name.clone(),
             });
         }
-        let mut seen = std::collections::HashSet::new();
-        for t in &self.tiers {
-            if t.name.is_empty() || t.name.contains('/') || t.name == "split" {
-                return Err(BuildError::BadName {
-                    name: t.name.clone(),
-                });
-            }
-            if !seen.insert(t.name.as_str()) {
-                return Err(BuildError::DuplicateTier {
-                    tier: t.name.clone(),
-                });
-            }
-            if t.count == 0 {
-                return Err(BuildError::EmptyTier {
-                    tier: t.name.clone(),
-                });
-            }
-        }
-        Ok(())
+        validate_tiers(&self.tiers, true)
     }
 
     /// Build the tree and spawn every actor.
@@ -215,15 +214,23 @@ impl<M: crate::Message> HierarchyBuilder<M> {
                 by_path: HashMap::new(),
                 by_tier: HashMap::new(),
                 all: Vec::new(),
+                routers: HashMap::new(),
             },
         };
         let root_slot = plan.slot(Path::new(self.name.as_str()), 0, Role::Root);
-        let top = self.tiers[0].count;
-        let children = plan.reports(0, 0..top, &root_slot, &root_slot.path.clone(), 1)?;
+        let tiers: &[Tier<M>] = &self.tiers;
+        let members: Vec<Member<'_, M>> = (0..tiers[0].count)
+            .map(|index| Member {
+                tier: &tiers[0],
+                index,
+                rest: &tiers[1..],
+            })
+            .collect();
+        let children = plan.reports(&members, &root_slot, &root_slot.path.clone(), 1)?;
         let root = Arc::new(NodeSpec {
             kind: NodeKind::Team(TeamSpec {
                 slot: root_slot.clone(),
-                policy: plan.policy(0),
+                policy: plan.policy(&tiers[0]),
                 lead: None,
                 children,
                 escalate_to: None,
@@ -255,6 +262,59 @@ impl<M: crate::Message> HierarchyBuilder<M> {
     }
 }
 
+/// Names unique and usable, counts non-zero, routers only as the last tier; the same for
+/// every router's worker groups.
+fn validate_tiers<M>(tiers: &[Tier<M>], hierarchy: bool) -> Result<(), BuildError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in tiers.iter().enumerate() {
+        if t.name.is_empty() || t.name.contains('/') || t.name == "split" {
+            return Err(BuildError::BadName {
+                name: t.name.clone(),
+            });
+        }
+        if !seen.insert(t.name.as_str()) {
+            return Err(BuildError::DuplicateTier {
+                tier: t.name.clone(),
+            });
+        }
+        if t.count == 0 {
+            return Err(BuildError::EmptyTier {
+                tier: t.name.clone(),
+            });
+        }
+        if let TierKind::Router(cfg) = &t.kind {
+            if hierarchy && i + 1 < tiers.len() {
+                return Err(BuildError::RouterNotLast {
+                    tier: t.name.clone(),
+                });
+            }
+            if cfg.workers.is_empty() {
+                return Err(BuildError::EmptyTier {
+                    tier: format!("{} (a router without workers)", t.name),
+                });
+            }
+            validate_tiers(&cfg.workers, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// One node to place: agent (or router) `index` of `tier`, with the hierarchy tiers
+/// below it (`rest`) whose agents will report to it.
+struct Member<'a, M> {
+    tier: &'a Tier<M>,
+    index: usize,
+    rest: &'a [Tier<M>],
+}
+
+impl<M> Clone for Member<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for Member<'_, M> {}
+
 struct Plan<'a, M> {
     b: &'a HierarchyBuilder<M>,
     uid: u32,
@@ -269,45 +329,40 @@ impl<M: crate::Message> Plan<'_, M> {
         s
     }
 
-    /// Policy of a supervisor whose reports are in tier `reports_tier`.
-    fn policy(&self, reports_tier: usize) -> TeamPolicy {
+    /// Policy of a supervisor whose reports are in tier `reports`.
+    fn policy(&self, reports: &Tier<M>) -> TeamPolicy {
         TeamPolicy {
             strategy: self.b.strategy,
             intensity: self.b.intensity,
             backoff: self.b.backoff,
-            threshold: self.b.tiers[reports_tier]
-                .threshold
-                .unwrap_or(self.b.threshold),
+            threshold: reports.threshold.unwrap_or(self.b.threshold),
         }
     }
 
-    /// Specs for the reports `range` of tier `t` under supervisor `sup`, splitting into
-    /// team leads if the span requires it.
+    /// Specs for `members` reporting to supervisor `sup`, splitting into team leads if
+    /// the span requires it.
     fn reports(
         &mut self,
-        t: usize,
-        range: std::ops::Range<usize>,
+        members: &[Member<'_, M>],
         sup: &Arc<Slot<M>>,
         prefix: &Path,
         level: u32,
     ) -> Result<Vec<Arc<NodeSpec<M>>>, BuildError> {
         let limit = self.b.span.limit;
-        if range.len() > limit && self.b.span.policy == SpanPolicy::Strict {
+        if members.len() > limit && self.b.span.policy == SpanPolicy::Strict {
             return Err(BuildError::SpanOfControl {
                 team: sup.path.to_string(),
-                reports: range.len(),
+                reports: members.len(),
                 limit,
             });
         }
-        let group = split(0..range.len(), limit);
-        self.group(t, &range, group, sup, prefix, level, &mut 0)
+        let group = split(0..members.len(), limit);
+        self.group(members, group, sup, prefix, level, &mut 0)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn group(
         &mut self,
-        t: usize,
-        range: &std::ops::Range<usize>,
+        members: &[Member<'_, M>],
         group: Group,
         sup: &Arc<Slot<M>>,
         prefix: &Path,
@@ -315,8 +370,9 @@ impl<M: crate::Message> Plan<'_, M> {
         next_lead: &mut usize,
     ) -> Result<Vec<Arc<NodeSpec<M>>>, BuildError> {
         match group {
-            Group::Reports(r) => r
-                .map(|k| self.member(t, range.start + k, sup, prefix, level))
+            Group::Reports(r) => members[r]
+                .iter()
+                .map(|m| self.member(*m, sup, prefix, level))
                 .collect(),
             Group::Leads(groups) => {
                 let mut out = Vec::with_capacity(groups.len());
@@ -324,11 +380,15 @@ impl<M: crate::Message> Plan<'_, M> {
                     let lead_path = sup.path.child("split", *next_lead);
                     *next_lead += 1;
                     let slot = self.slot(lead_path, level, Role::TeamLead);
-                    let children = self.group(t, range, g, &slot, prefix, level + 1, next_lead)?;
+                    let children = self.group(members, g, &slot, prefix, level + 1, next_lead)?;
+                    let policy = match members.first() {
+                        Some(m) => self.policy(m.tier),
+                        None => self.policy(&self.b.tiers[0]),
+                    };
                     out.push(Arc::new(NodeSpec {
                         kind: NodeKind::Team(TeamSpec {
                             slot,
-                            policy: self.policy(t),
+                            policy,
                             lead: None,
                             children,
                             escalate_to: Some(sup.clone()),
@@ -341,61 +401,145 @@ impl<M: crate::Message> Plan<'_, M> {
         }
     }
 
-    /// Agent `j` of tier `t` reporting to `sup`: a leaf, or a team it leads.
+    /// Register an addressable node (agent or router) in the directory. The short form
+    /// `tier/index` goes to the first node that claims it (a second router's workers
+    /// of the same name are reachable by full path only).
+    fn addressable(
+        &mut self,
+        path: &Path,
+        tier: &str,
+        index: usize,
+        level: u32,
+        role: Role,
+    ) -> Arc<Slot<M>> {
+        let slot = self.slot(path.clone(), level, role);
+        self.dir
+            .by_path
+            .insert(path.as_str().to_string(), slot.clone());
+        self.dir
+            .by_path
+            .entry(format!("{tier}/{index}"))
+            .or_insert_with(|| slot.clone());
+        self.dir
+            .by_tier
+            .entry(tier.to_string())
+            .or_default()
+            .push(slot.clone());
+        slot
+    }
+
+    /// Place one member reporting to `sup`: a leaf agent, an agent leading a team of
+    /// the tier below, or a router leading its workers.
     fn member(
         &mut self,
-        t: usize,
-        j: usize,
+        m: Member<'_, M>,
         sup: &Arc<Slot<M>>,
         prefix: &Path,
         level: u32,
     ) -> Result<Arc<NodeSpec<M>>, BuildError> {
-        let tier = &self.b.tiers[t];
+        let tier = m.tier;
+        let j = m.index;
         let path = prefix.child(&tier.name, j);
         let tier_name: Arc<str> = Arc::from(tier.name.as_str());
-        let restart = tier.restart;
-        let spawner = tier.spawner.clone();
-        let agent_slot = self.slot(path.clone(), level, Role::Agent);
-        self.dir
-            .by_path
-            .insert(path.as_str().to_string(), agent_slot.clone());
-        self.dir
-            .by_path
-            .insert(format!("{}/{j}", tier.name), agent_slot.clone());
-        self.dir
-            .by_tier
-            .entry(tier.name.clone())
-            .or_default()
-            .push(agent_slot.clone());
-        let agent = Arc::new(NodeSpec {
-            kind: NodeKind::Agent(AgentSpec {
-                slot: agent_slot,
-                tier: tier_name,
-                index: j,
-                escalate_to: sup.clone(),
-                spawner,
-            }),
-            restart,
-        });
-        let Some(below) = self.b.tiers.get(t + 1) else {
-            return Ok(agent);
+        let lead = |slot: Arc<Slot<M>>, spawner: Arc<dyn SpawnAgent<M>>| {
+            Arc::new(NodeSpec {
+                kind: NodeKind::Agent(AgentSpec {
+                    slot,
+                    tier: tier_name.clone(),
+                    index: j,
+                    escalate_to: sup.clone(),
+                    spawner,
+                }),
+                restart: tier.restart,
+            })
         };
-        // a team: this agent leads the reports assigned to it from the tier below
-        let n_here = tier.count;
-        let n_below = below.count;
-        let sub = (j * n_below / n_here)..((j + 1) * n_below / n_here);
-        let team_slot = self.slot(path.clone(), level, Role::Supervisor);
-        let mut children = vec![agent];
-        children.extend(self.reports(t + 1, sub, &team_slot, &path, level + 1)?);
-        Ok(Arc::new(NodeSpec {
+        match &tier.kind {
+            TierKind::Agents(spawner) => {
+                let agent_slot = self.addressable(&path, &tier.name, j, level, Role::Agent);
+                let agent = lead(agent_slot, spawner.clone());
+                let Some((below, rest)) = m.rest.split_first() else {
+                    return Ok(agent);
+                };
+                // a team: this agent leads the members of the tier below assigned to it
+                let (n_here, n_below) = (tier.count, below.count);
+                let members: Vec<Member<'_, M>> = ((j * n_below / n_here)
+                    ..((j + 1) * n_below / n_here))
+                    .map(|index| Member {
+                        tier: below,
+                        index,
+                        rest,
+                    })
+                    .collect();
+                let team_slot = self.slot(path.clone(), level, Role::Supervisor);
+                let reports = self.reports(&members, &team_slot, &path, level + 1)?;
+                Ok(self.team(agent, team_slot, reports, below, sup, tier.restart))
+            }
+            TierKind::Router(cfg) => {
+                let router_slot = self.addressable(&path, &tier.name, j, level, Role::Router);
+                let members: Vec<Member<'_, M>> = cfg
+                    .workers
+                    .iter()
+                    .flat_map(|wt| {
+                        (0..wt.count).map(move |index| Member {
+                            tier: wt,
+                            index,
+                            rest: &[],
+                        })
+                    })
+                    .collect();
+                let team_slot = self.slot(path.clone(), level, Role::Supervisor);
+                let reports = self.reports(&members, &team_slot, &path, level + 1)?;
+                let mut workers = Vec::with_capacity(members.len());
+                for w in &members {
+                    let wpath = path.child(&w.tier.name, w.index);
+                    let slot = self
+                        .dir
+                        .by_path
+                        .get(wpath.as_str())
+                        .cloned()
+                        .ok_or_else(|| BuildError::Spawn {
+                            reason: format!("internal: router worker {wpath} was not placed"),
+                        })?;
+                    workers.push(Worker {
+                        slot,
+                        health: Default::default(),
+                    });
+                }
+                let inner = Arc::new(RouterShared {
+                    cfg: cfg.clone(),
+                    workers,
+                    requests: Default::default(),
+                });
+                self.dir.routers.insert(router_slot.uid, inner.clone());
+                let router = lead(router_slot, Arc::new(RouterSpawner { inner }));
+                let first = &cfg.workers[0];
+                Ok(self.team(router, team_slot, reports, first, sup, tier.restart))
+            }
+        }
+    }
+
+    /// A team: a supervisor with its lead (child 0) and its reports.
+    fn team(
+        &self,
+        lead: Arc<NodeSpec<M>>,
+        slot: Arc<Slot<M>>,
+        reports: Vec<Arc<NodeSpec<M>>>,
+        reports_tier: &Tier<M>,
+        sup: &Arc<Slot<M>>,
+        restart: RestartPolicy,
+    ) -> Arc<NodeSpec<M>> {
+        let mut children = Vec::with_capacity(reports.len() + 1);
+        children.push(lead);
+        children.extend(reports);
+        Arc::new(NodeSpec {
             kind: NodeKind::Team(TeamSpec {
-                slot: team_slot,
-                policy: self.policy(t + 1),
+                slot,
+                policy: self.policy(reports_tier),
                 lead: Some(0),
                 children,
                 escalate_to: Some(sup.clone()),
             }),
             restart,
-        }))
+        })
     }
 }

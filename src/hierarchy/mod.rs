@@ -101,6 +101,12 @@ pub enum BuildError {
         /// The limit.
         limit: usize,
     },
+    /// A router tier followed by other tiers: routers lead their own workers.
+    #[error("tier {tier:?} is a router and must be the last tier; give it workers instead of tiers below it")]
+    RouterNotLast {
+        /// The tier.
+        tier: String,
+    },
     /// An agent failed to start (factory or `on_start` panicked or failed).
     #[error("the hierarchy failed to start: {reason}")]
     Spawn {
@@ -303,6 +309,13 @@ impl<M: crate::Message> Hierarchy<M> {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.shared.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         Escalations { rx }
+    }
+
+    pub(crate) fn router_shared(
+        &self,
+        entry: &AgentRef<M>,
+    ) -> Option<&Arc<crate::router::actor::RouterShared<M>>> {
+        self.shared.directory.routers.get(&entry.slot.uid)
     }
 
     /// Counters summed over every node.

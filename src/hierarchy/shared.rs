@@ -32,6 +32,8 @@ pub(crate) struct Directory<M> {
     pub(crate) by_tier: HashMap<String, Vec<Arc<Slot<M>>>>,
     /// Every slot, supervisors included, for counters.
     pub(crate) all: Vec<Arc<Slot<M>>>,
+    /// Routers by slot uid, for their handles' inspection methods.
+    pub(crate) routers: HashMap<u32, Arc<crate::router::actor::RouterShared<M>>>,
 }
 
 pub(crate) struct Shared<M> {
@@ -172,15 +174,14 @@ impl<M: crate::Message> Shared<M> {
     pub(crate) fn escalate_out(&self, at: &Slot<M>, mut head: TaskHead<M>, payload: M) {
         bump(&at.stats.own.escalated);
         head.record(self.entry(at, Decision::Delivered));
-        let (severity, reason, origin) = match head.escalation() {
-            Some(e) => (e.severity, e.reason.clone(), e.origin.clone()),
-            None => (1.0, String::new(), at.path.clone()),
-        };
+        let (severity, reason, origin) = escalation_summary(&head, at);
         let trail = head.take_trail();
         if let Some(tx) = head.reply.take() {
             let _ = tx.send(Outcome::Escalated {
                 severity,
                 reason: reason.clone(),
+                origin: origin.clone(),
+                payload: payload.clone(),
                 trail: trail.clone(),
             });
         }
@@ -200,6 +201,22 @@ impl<M: crate::Message> Shared<M> {
                     "escalation left the top but the subscriber dropped its receiver"
                 );
             }
+        }
+    }
+
+    /// A branch (a router's or pipeline's sub-task) escalated back to its router `at`:
+    /// the branch ends here, completed, and its escalation becomes the branch result.
+    pub(crate) fn return_branch_escalation(&self, at: &Slot<M>, mut head: TaskHead<M>, payload: M) {
+        bump(&at.stats.own.completed);
+        let (severity, reason, origin) = escalation_summary(&head, at);
+        if let Some(tx) = head.reply.take() {
+            let _ = tx.send(Outcome::Escalated {
+                severity,
+                reason,
+                origin,
+                payload,
+                trail: head.take_trail(),
+            });
         }
     }
 
@@ -227,6 +244,13 @@ impl<M: crate::Message> Shared<M> {
             .by_path
             .get(addr)
             .or_else(|| self.directory.by_path.get(&format!("{}/{addr}", self.name)))
+    }
+}
+
+fn escalation_summary<M>(head: &TaskHead<M>, at: &Slot<M>) -> (f64, String, crate::Path) {
+    match head.escalation() {
+        Some(e) => (e.severity, e.reason.clone(), e.origin.clone()),
+        None => (1.0, String::new(), at.path.clone()),
     }
 }
 
