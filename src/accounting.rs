@@ -107,6 +107,8 @@ pub(crate) struct SenderSide {
     pub(crate) submitted: AtomicU64,
     /// Every message successfully put in the mailbox (tasks, escalations, forwards).
     pub(crate) enqueued: AtomicU64,
+    /// Source of task ids: never decremented, so two live tasks never share one.
+    pub(crate) ids: AtomicU64,
 }
 
 /// Written by the node's own actor (or its supervisor once the actor is dead).

@@ -133,17 +133,29 @@ impl<M: Send + 'static> Slot<M> {
                 }
                 match e {
                     MessagingErr::SendErr(m) => Err(m),
-                    // ractor only fails a send with SendErr; the other variants are for
-                    // receiving and for type mismatches, which the types rule out
-                    MessagingErr::ChannelClosed | MessagingErr::InvalidActorType => Ok(()),
+                    // ractor only fails a local, typed send with SendErr; if that ever
+                    // changes, the message is gone: count it as lost, loudly
+                    MessagingErr::ChannelClosed | MessagingErr::InvalidActorType => {
+                        debug_assert!(false, "ractor refused a send without returning it");
+                        if counted {
+                            bump(&self.stats.own.failed);
+                            bump(&self.stats.own.lost_in_mailbox);
+                        }
+                        tracing::error!(node = %self.path, "ractor refused a message without returning it; counted as lost");
+                        Ok(())
+                    }
                 }
             }
         }
     }
 
-    /// Attach a new incarnation and hand it the pending messages, in order.
-    pub(crate) fn attach(&self, actor: ActorRef<NodeMsg<M>>) {
+    /// Attach a new incarnation and hand it the pending messages, in order. Refused
+    /// (false) if the slot was closed meanwhile; the caller must stop that actor.
+    pub(crate) fn attach(&self, actor: ActorRef<NodeMsg<M>>) -> bool {
         let mut mb = self.write();
+        if mb.closed.is_some() {
+            return false;
+        }
         let mut pending = self.pending();
         while let Some(m) = pending.pop_front() {
             let counted = matches!(m, NodeMsg::Task(_) | NodeMsg::Escalation(_));
@@ -154,6 +166,7 @@ impl<M: Send + 'static> Slot<M> {
         }
         drop(pending);
         mb.actor = Some(actor);
+        true
     }
 
     /// Detach a dead incarnation. Returns how many messages died with its mailbox
@@ -251,6 +264,7 @@ impl<M: crate::Message> AgentRef<M> {
         Ok(rx.await.unwrap_or_else(|_| {
             Outcome::Failed(crate::envelope::Failure {
                 task: id,
+                kind: crate::envelope::FailureKind::Lost,
                 at: self.slot.path.clone(),
                 attempts: 0,
                 reason: "the task was lost with its agent's actor; it is counted as failed"
@@ -285,18 +299,29 @@ impl<M: crate::Message> AgentRef<M> {
         &self,
         msg: M,
         reply: oneshot::Sender<Outcome<M>>,
+        budget: Option<Arc<crate::budget::Budget>>,
     ) -> Result<TaskId, SendError<M>> {
-        self.submit_with(msg, Some(reply), false, |h| h.branch = true)
+        self.submit_with(msg, Some(reply), false, |h| {
+            h.branch = true;
+            if budget.is_some() {
+                h.meta_mut().budget = budget;
+            }
+        })
     }
 
     /// Submit from outside and ask for the router's or pipeline's detailed report.
     pub(crate) fn submit_with_detail(
         &self,
         msg: M,
+        budget: Option<Arc<crate::budget::Budget>>,
     ) -> Result<WithDetail<M>, SendError<M>> {
         let (tx, rx) = oneshot::channel();
         let (dtx, drx) = oneshot::channel();
-        self.submit_with(msg, Some(tx), true, |h| h.meta_mut().detail = Some(dtx))?;
+        self.submit_with(msg, Some(tx), true, |h| {
+            let meta = h.meta_mut();
+            meta.detail = Some(dtx);
+            meta.budget = budget;
+        })?;
         Ok((rx, drx))
     }
 
@@ -326,6 +351,8 @@ impl<M: crate::Message> AgentRef<M> {
             self.slot.stats.tx.submitted.fetch_sub(1, Ordering::SeqCst);
             return Err(SendError::ShuttingDown { msg });
         }
+        let _ = seq;
+        let seq = self.slot.stats.tx.ids.fetch_add(1, Ordering::Relaxed);
         let id = TaskId(((self.slot.uid as u64) << 40) | (seq & ((1 << 40) - 1)));
         let mut task = Task::new(id, msg, reply);
         prepare(&mut task.head);

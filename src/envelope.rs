@@ -87,6 +87,8 @@ pub enum Role {
     TeamLead,
     /// A router: fans requests out to its workers and gathers their results.
     Router,
+    /// A pipeline: runs requests through its stages in order.
+    Pipeline,
     /// The hierarchy's root supervisor.
     Root,
 }
@@ -245,11 +247,31 @@ impl<M> Outcome<M> {
     }
 }
 
+/// The kind of a failure, for retry decisions (a pipeline retries crashes, losses and
+/// timeouts, never rejections).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// A handler rejected the task (`AgentError::reject`, budget exhausted): no retry
+    /// can fix it.
+    Rejected,
+    /// The handler crashed on every attempt.
+    Crashed,
+    /// The agent, its team or the hierarchy stopped before the task finished.
+    Stopped,
+    /// The task was lost with a dead actor's mailbox.
+    Lost,
+    /// A router or pipeline could not place or finish it (no worker, capacity, a
+    /// failed branch or stage, deadline), or an escalation could not be delivered.
+    Routing,
+}
+
 /// Why a task failed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
     /// The task.
     pub task: TaskId,
+    /// What kind of failure.
+    pub kind: FailureKind,
     /// The node where it failed.
     pub at: Path,
     /// How many times a handler was attempted.
@@ -287,10 +309,22 @@ pub struct EscalationReport<M> {
     pub trail: Vec<AuditEntry>,
 }
 
+/// What a branch's escalation brings back to its router or pipeline, for the request
+/// to mirror.
+#[derive(Debug)]
+pub(crate) struct BranchEscalation<M> {
+    pub(crate) severity: f64,
+    pub(crate) reason: String,
+    pub(crate) origin: Path,
+    pub(crate) payload: M,
+    pub(crate) trail: Vec<AuditEntry>,
+}
+
 /// Details a router or pipeline reports for one request, to a caller that asked.
 #[derive(Debug)]
 pub(crate) enum Detail<M> {
     Gather(crate::router::Gathered<M>),
+    Run(crate::pipeline::RunReport<M>),
 }
 
 /// The rarely used parts of a task, boxed so a plain task stays small.
@@ -300,6 +334,8 @@ pub(crate) struct TaskMeta<M> {
     pub(crate) trail: Vec<AuditEntry>,
     /// Where a router or pipeline sends its per-request details, if the caller asked.
     pub(crate) detail: Option<oneshot::Sender<Detail<M>>>,
+    /// The run's budget, shared by its stages and branches.
+    pub(crate) budget: Option<std::sync::Arc<crate::budget::Budget>>,
 }
 
 impl<M> Default for TaskMeta<M> {
@@ -308,6 +344,7 @@ impl<M> Default for TaskMeta<M> {
             escalation: None,
             trail: Vec::new(),
             detail: None,
+            budget: None,
         }
     }
 }
@@ -365,6 +402,10 @@ impl<M> TaskHead<M> {
 
     pub(crate) fn record(&mut self, entry: AuditEntry) {
         self.meta_mut().trail.push(entry);
+    }
+
+    pub(crate) fn budget(&self) -> Option<&std::sync::Arc<crate::budget::Budget>> {
+        self.meta.as_ref().and_then(|m| m.budget.as_ref())
     }
 
     pub(crate) fn take_trail(&mut self) -> Vec<AuditEntry> {

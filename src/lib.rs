@@ -13,22 +13,31 @@
 pub mod accounting;
 pub mod address;
 pub mod agent;
+pub mod budget;
 pub mod envelope;
 pub mod hierarchy;
+pub(crate) mod lead;
 pub(crate) mod node;
 pub(crate) mod panic;
+pub mod pipeline;
 pub mod router;
 pub mod supervisor;
 
 pub use accounting::Counters;
 pub use address::{AgentRef, SendError};
 pub use agent::{Agent, AgentError, Ctx, ErrorKind, Escalation, Message, StopReason, Verdict};
+pub use budget::{Budget, BudgetExceeded};
 pub use envelope::{
-    AuditEntry, Decision, EscalationInfo, EscalationReport, Failure, Outcome, Path, Role, TaskId,
+    AuditEntry, Decision, EscalationInfo, EscalationReport, Failure, FailureKind, Outcome, Path,
+    Role, TaskId,
 };
 pub use hierarchy::{
     AddressError, BuildError, Escalations, Hierarchy, HierarchyBuilder, ShutdownReport, Tier,
     TreeNode,
+};
+pub use pipeline::{
+    Pipeline, PipelineBuilder, PipelineHandle, Retry, RetryOn, RunError, RunReport, Stage,
+    StageError, StageReport, StageStatus,
 };
 pub use router::{
     BranchReport, BranchStatus, Breaker, BreakerState, Gather, GatherError, Gathered, Partial,
@@ -41,9 +50,9 @@ pub use supervisor::{
 /// Everything needed to write agents and build hierarchies.
 pub mod prelude {
     pub use crate::{
-        Agent, AgentError, AgentRef, Backoff, Breaker, Ctx, Escalation, Gather, Hierarchy,
-        Intensity, Outcome, RestartPolicy, Route, Router, SpanOfControl, Strategy, Threshold, Tier,
-        Verdict,
+        Agent, AgentError, AgentRef, Backoff, Breaker, Budget, Ctx, Escalation, Gather, Hierarchy,
+        Intensity, Outcome, Pipeline, RestartPolicy, Retry, Route, Router, SpanOfControl, Stage,
+        StageError, Strategy, Threshold, Tier, Verdict,
     };
 }
 

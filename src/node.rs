@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ractor::ActorId;
 use tokio::sync::oneshot;
 
 use crate::envelope::Task;
@@ -20,12 +21,17 @@ pub(crate) enum NodeMsg<M> {
     Task(Task<M>),
     /// An escalation from a report (supervisors only).
     Escalation(Task<M>),
-    /// A child crashed or exited and waits for its supervisor's directive.
+    /// A child crashed or exited and waits for its supervisor's directive. `from` is
+    /// the child's actor: a report from an incarnation the supervisor already buried
+    /// is stale and ignored.
     ChildExit {
         child: usize,
+        from: ActorId,
         exit: Exit,
         reply: oneshot::Sender<Directive>,
     },
+    /// A supervisor's own timer: respawn child `child` now that its backoff is over.
+    Respawn { child: usize },
     /// Restart in place now (the supervisor has already bumped the restart epoch).
     Reset,
     /// Stop: no new work; fail what is queued if the hierarchy is aborting, then exit.

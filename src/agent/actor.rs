@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::{Agent, AgentError, Ctx, ErrorKind, StopReason, Verdict};
 use crate::accounting::bump;
 use crate::address::Slot;
-use crate::envelope::{Decision, EscalationInfo, Task, TaskHead};
+use crate::envelope::{Decision, EscalationInfo, FailureKind, Task, TaskHead};
 use crate::hierarchy::shared::Shared;
 use crate::node::{Directive, Exit, NodeMsg};
 use crate::panic::{catch, CatchUnwind};
@@ -88,8 +88,13 @@ impl<A: Agent> Actor for AgentActor<A> {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeMsg::Task(task) => {
-                state.on_task(task, &myself).await;
+                let exit = state.on_task(task, &myself).await;
+                // settled as soon as the task has its outcome: a kill during the exit
+                // below must not count it lost
                 bump(&state.ctx.slot.stats.own.settled);
+                if exit {
+                    state.exit_normally(&myself).await;
+                }
             }
             NodeMsg::Escalation(task) => {
                 let reason = format!(
@@ -104,6 +109,7 @@ impl<A: Agent> Actor for AgentActor<A> {
                     reason: Arc::from("an agent has no children"),
                 });
             }
+            NodeMsg::Respawn { .. } => {}
             NodeMsg::Reset => {
                 if state.stopping.is_none() {
                     state.check_epoch(&myself).await;
@@ -128,7 +134,8 @@ impl<A: Agent> AgentState<A> {
         self.ctx.shared.fail(&self.ctx.slot, head, reason);
     }
 
-    async fn on_task(&mut self, task: Task<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
+    /// Give the task its outcome. True if the agent asked to stop afterwards.
+    async fn on_task(&mut self, task: Task<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) -> bool {
         let Task { head, payload } = task;
         if let Some(reason) = &self.stopping {
             let reason = format!(
@@ -136,7 +143,7 @@ impl<A: Agent> AgentState<A> {
                 self.ctx.path()
             );
             self.fail(head, &reason);
-            return;
+            return false;
         }
         if self.ctx.shared.aborting() {
             let reason = self.ctx.shared.failure().map_or_else(
@@ -144,18 +151,19 @@ impl<A: Agent> AgentState<A> {
                 |f| format!("the hierarchy failed before the task was handled: {f}"),
             );
             self.fail(head, &reason);
-            return;
+            return false;
         }
         if !self.check_epoch(myself).await {
             let reason = format!("{} stopped before handling the task", self.ctx.path());
             self.fail(head, &reason);
-            return;
+            return false;
         }
         self.run(head, payload, myself).await;
         if self.ctx.stop_requested && self.stopping.is_none() {
             self.ctx.stop_requested = false;
-            self.exit_normally(myself).await;
+            return true;
         }
+        false
     }
 
     /// Run the handler until the task has an outcome: redeliver after crashes while
@@ -170,7 +178,12 @@ impl<A: Agent> AgentState<A> {
         let mut spare = Some(payload);
         loop {
             let Some(payload) = spare.take() else {
-                self.fail(head, "echelon lost the task payload between attempts");
+                self.ctx.shared.fail_as(
+                    &self.ctx.slot,
+                    head,
+                    "echelon lost the task payload between attempts",
+                    FailureKind::Lost,
+                );
                 return;
             };
             head.attempt += 1;
@@ -178,9 +191,19 @@ impl<A: Agent> AgentState<A> {
                 bump(&self.slot().stats.own.redelivered);
             }
             let msg = if head.attempt < max {
-                let copy = payload.clone();
-                spare = Some(payload);
-                copy
+                // user code: a panicking Clone fails the task rather than the actor
+                match catch(|| payload.clone()) {
+                    Ok(copy) => {
+                        spare = Some(payload);
+                        copy
+                    }
+                    Err(p) => {
+                        let why = format!("cloning the message for a possible retry {p}");
+                        let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
+                        shared.fail_as(slot, head, &why, FailureKind::Crashed);
+                        return;
+                    }
+                }
             } else {
                 payload
             };
@@ -204,7 +227,8 @@ impl<A: Agent> AgentState<A> {
                 }
                 Ok(Err(e)) if e.kind() == ErrorKind::Reject => {
                     let reason = format!("rejected by {}: {e}", self.ctx.path());
-                    self.fail(head, &reason);
+                    let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
+                    shared.fail_as(slot, head, &reason, FailureKind::Rejected);
                     return;
                 }
                 Ok(Err(e)) => format!("crash error: {e}"),
@@ -288,8 +312,17 @@ impl<A: Agent> AgentState<A> {
                         "could not escalate from {} to {}: {why}",
                         slot.path, self.escalate_to.path
                     );
-                    shared.fail(slot, t.head, &reason);
+                    shared.fail_as(slot, t.head, &reason, FailureKind::Routing);
                 }
+            }
+            Verdict::Forward { to, msg } if !Arc::ptr_eq(&to.shared, shared) => {
+                drop(msg);
+                let reason = format!(
+                    "{} forwarded the task to {}, which belongs to another hierarchy; \
+                     use ctx.send for a new task there",
+                    slot.path, to.slot.path
+                );
+                shared.fail_as(slot, head, &reason, FailureKind::Routing);
             }
             Verdict::Forward { to, msg } => {
                 if head.meta.is_some() {
@@ -307,7 +340,7 @@ impl<A: Agent> AgentState<A> {
                         "could not forward from {} to {}: {why}",
                         slot.path, to.slot.path
                     );
-                    shared.fail(slot, t.head, &reason);
+                    shared.fail_as(slot, t.head, &reason, FailureKind::Routing);
                 }
             }
         }
@@ -321,7 +354,7 @@ impl<A: Agent> AgentState<A> {
         myself: &ActorRef<NodeMsg<A::Msg>>,
     ) -> Result<(), Arc<str>> {
         loop {
-            match self.ask_parent(Exit::Crashed(reason)).await {
+            match self.ask_parent(Exit::Crashed(reason), myself).await {
                 Directive::Restart { delay } => {
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
@@ -340,10 +373,11 @@ impl<A: Agent> AgentState<A> {
         }
     }
 
-    async fn ask_parent(&mut self, exit: Exit) -> Directive {
+    async fn ask_parent(&mut self, exit: Exit, myself: &ActorRef<NodeMsg<A::Msg>>) -> Directive {
         let (tx, rx) = oneshot::channel();
         let msg = NodeMsg::ChildExit {
             child: self.child_index,
+            from: myself.get_id(),
             exit,
             reply: tx,
         };
@@ -414,7 +448,7 @@ impl<A: Agent> AgentState<A> {
 
     /// The agent asked to stop: permanent agents are restarted, others end.
     async fn exit_normally(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) {
-        match self.ask_parent(Exit::Normal).await {
+        match self.ask_parent(Exit::Normal, myself).await {
             Directive::Restart { delay } => {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
@@ -464,6 +498,6 @@ pub(crate) fn refuse<M: crate::Message>(
                 reason: Arc::from(reason),
             });
         }
-        NodeMsg::Reset | NodeMsg::Stop { .. } => {}
+        NodeMsg::Reset | NodeMsg::Stop { .. } | NodeMsg::Respawn { .. } => {}
     }
 }

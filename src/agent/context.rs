@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::address::{AgentRef, SendError, Slot};
+use crate::budget::{Budget, BudgetExceeded};
 use crate::envelope::{EscalationInfo, Path, TaskId, TaskMeta};
 use crate::hierarchy::shared::Shared;
 use crate::hierarchy::AddressError;
@@ -47,12 +48,19 @@ impl<M: crate::Message> Ctx<M> {
         tier: Arc<str>,
         index: usize,
     ) -> Self {
+        // a respawned actor continues the count (restarts in place and respawns both
+        // bump the slot's restart counter)
+        let incarnation = slot
+            .stats
+            .own
+            .restarts
+            .load(std::sync::atomic::Ordering::Acquire);
         Ctx {
             slot,
             shared,
             tier,
             index,
-            incarnation: 0,
+            incarnation,
             rng: None,
             task: TaskId(0),
             attempt: 0,
@@ -135,6 +143,23 @@ impl<M: crate::Message> Ctx<M> {
     /// [`SendError::Closed`] if the target has stopped for good.
     pub fn send(&self, to: &AgentRef<M>, msg: M) -> Result<TaskId, SendError<M>> {
         to.submit(msg, None, false)
+    }
+
+    /// Spend `units` of the current task's budget (a no-op if it has none).
+    ///
+    /// # Errors
+    /// [`BudgetExceeded`] if that would pass the budget; return it from `handle` with
+    /// `?` to fail the task without a retry.
+    pub fn spend(&self, units: u64) -> Result<(), BudgetExceeded> {
+        match self.meta.as_ref().and_then(|m| m.budget.as_ref()) {
+            Some(b) => b.spend(units),
+            None => Ok(()),
+        }
+    }
+
+    /// The current task's budget, if it carries one.
+    pub fn budget(&self) -> Option<&Budget> {
+        self.meta.as_ref().and_then(|m| m.budget.as_deref())
     }
 
     /// Stop this agent after the current message (a normal exit: a permanent agent is

@@ -84,6 +84,11 @@ pub trait Agent: Send + 'static {
     /// Called when an incarnation starts, before its first message: at spawn and after
     /// every restart. An error or panic here is a crash (at spawn time it fails the
     /// spawn of the hierarchy with the agent's path and the reason).
+    ///
+    /// Must not wait on other agents of the hierarchy (`call` through
+    /// [`Ctx::agent`]): during a spawn or respawn they may not be started yet, and the
+    /// spawn waits for this hook, so such a wait never ends. Sending without waiting
+    /// is fine.
     fn on_start(
         &mut self,
         ctx: &mut Ctx<Self::Msg>,

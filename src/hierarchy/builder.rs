@@ -10,7 +10,10 @@ use super::{BuildError, Hierarchy};
 use crate::address::Slot;
 use crate::agent::Agent;
 use crate::envelope::{Path, Role};
-use crate::router::actor::{RouterShared, RouterSpawner, Worker};
+use crate::lead::LeadSpawner;
+use crate::pipeline::actor::{Entry, PipelineShared, StageRuntime};
+use crate::pipeline::{PipelineConfig, Stage, StageKind};
+use crate::router::actor::{RouterShared, Worker};
 use crate::router::RouterConfig;
 use crate::supervisor::actor::{SupervisorActor, SupervisorArgs};
 use crate::supervisor::spec::{
@@ -34,6 +37,7 @@ pub struct Tier<M> {
 pub(crate) enum TierKind<M> {
     Agents(Arc<dyn SpawnAgent<M>>),
     Router(Arc<RouterConfig<M>>),
+    Pipeline(Arc<PipelineConfig<M>>),
 }
 
 impl<M> std::fmt::Debug for Tier<M> {
@@ -62,6 +66,25 @@ impl<M: crate::Message> Tier<M> {
             threshold: None,
             restart: RestartPolicy::Permanent,
         }
+    }
+
+    pub(crate) fn pipeline(
+        name: impl Into<String>,
+        count: usize,
+        cfg: Arc<PipelineConfig<M>>,
+    ) -> Self {
+        Tier {
+            name: name.into(),
+            count,
+            kind: TierKind::Pipeline(cfg),
+            threshold: None,
+            restart: RestartPolicy::Permanent,
+        }
+    }
+
+    /// The tier's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub(crate) fn router(name: impl Into<String>, count: usize, cfg: Arc<RouterConfig<M>>) -> Self {
@@ -257,7 +280,12 @@ impl<M: crate::Message> HierarchyBuilder<M> {
             .map_err(|e| BuildError::Spawn {
                 reason: e.to_string(),
             })?;
-        root_slot.attach(actor.clone());
+        if !root_slot.attach(actor.clone()) {
+            actor.kill();
+            return Err(BuildError::Spawn {
+                reason: "the root was closed while it started".to_string(),
+            });
+        }
         Ok(Hierarchy::new(shared, root, actor, join))
     }
 }
@@ -295,8 +323,59 @@ fn validate_tiers<M>(tiers: &[Tier<M>], hierarchy: bool) -> Result<(), BuildErro
             }
             validate_tiers(&cfg.workers, false)?;
         }
+        if let TierKind::Pipeline(cfg) = &t.kind {
+            if hierarchy && i + 1 < tiers.len() {
+                return Err(BuildError::RouterNotLast {
+                    tier: t.name.clone(),
+                });
+            }
+            if cfg.stages.is_empty() {
+                return Err(BuildError::EmptyTier {
+                    tier: format!("{} (a pipeline without stages)", t.name),
+                });
+            }
+            let mut nodes: Vec<&Tier<M>> = Vec::new();
+            for s in stage_chain(&cfg.stages) {
+                if let StageKind::Node(tiers) = &s.kind {
+                    match tiers.first() {
+                        Some(first) if first.count == 1 => {}
+                        _ => {
+                            return Err(BuildError::EmptyTier {
+                                tier: format!(
+                                    "{} (stage {:?} needs a first tier of exactly one agent)",
+                                    t.name, s.name
+                                ),
+                            })
+                        }
+                    }
+                    validate_tiers(tiers, true)?;
+                    nodes.extend(tiers.first());
+                }
+            }
+            let mut names = std::collections::HashSet::new();
+            for n in nodes {
+                if !names.insert(n.name.as_str()) {
+                    return Err(BuildError::DuplicateTier {
+                        tier: n.name.clone(),
+                    });
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Every stage and fallback, in order.
+fn stage_chain<M>(stages: &[Stage<M>]) -> Vec<&Stage<M>> {
+    let mut out = Vec::new();
+    for s in stages {
+        let mut cur = Some(s);
+        while let Some(st) = cur {
+            out.push(st);
+            cur = st.fallback.as_deref();
+        }
+    }
+    out
 }
 
 /// One node to place: agent (or router) `index` of `tier`, with the hierarchy tiers
@@ -511,11 +590,71 @@ impl<M: crate::Message> Plan<'_, M> {
                     requests: Default::default(),
                 });
                 self.dir.routers.insert(router_slot.uid, inner.clone());
-                let router = lead(router_slot, Arc::new(RouterSpawner { inner }));
+                let router = lead(router_slot, Arc::new(LeadSpawner { lead: inner }));
                 let first = &cfg.workers[0];
                 Ok(self.team(router, team_slot, reports, first, sup, tier.restart))
             }
+            TierKind::Pipeline(cfg) => {
+                let pipe_slot = self.addressable(&path, &tier.name, j, level, Role::Pipeline);
+                let chain = stage_chain(&cfg.stages);
+                let members: Vec<Member<'_, M>> = chain
+                    .iter()
+                    .filter_map(|s| match &s.kind {
+                        StageKind::Node(tiers) => tiers.split_first().map(|(first, rest)| Member {
+                            tier: first,
+                            index: 0,
+                            rest,
+                        }),
+                        StageKind::Function(_) => None,
+                    })
+                    .collect();
+                let team_slot = self.slot(path.clone(), level, Role::Supervisor);
+                let reports = self.reports(&members, &team_slot, &path, level + 1)?;
+                let mut stages = Vec::with_capacity(cfg.stages.len());
+                for s in &cfg.stages {
+                    stages.push(self.stage_runtime(s, &path)?);
+                }
+                let inner = Arc::new(PipelineShared {
+                    cfg: cfg.clone(),
+                    stages,
+                });
+                let pipe = lead(pipe_slot, Arc::new(LeadSpawner { lead: inner }));
+                let first = members.first().map_or(tier, |m| m.tier);
+                Ok(self.team(pipe, team_slot, reports, first, sup, tier.restart))
+            }
         }
+    }
+
+    /// The runtime view of a stage: its entry slot (placed by `member`) or function.
+    fn stage_runtime(&self, s: &Stage<M>, path: &Path) -> Result<StageRuntime<M>, BuildError> {
+        let entry =
+            match &s.kind {
+                StageKind::Function(f) => Entry::Function(f.clone()),
+                StageKind::Node(tiers) => {
+                    let first = tiers.first().ok_or_else(|| BuildError::EmptyTier {
+                        tier: s.name.clone(),
+                    })?;
+                    let p = path.child(&first.name, 0);
+                    let slot = self.dir.by_path.get(p.as_str()).cloned().ok_or_else(|| {
+                        BuildError::Spawn {
+                            reason: format!("internal: stage node {p} was not placed"),
+                        }
+                    })?;
+                    Entry::Node(slot)
+                }
+            };
+        let fallback = match &s.fallback {
+            Some(f) => Some(Box::new(self.stage_runtime(f, path)?)),
+            None => None,
+        };
+        Ok(StageRuntime {
+            name: s.name.clone(),
+            entry,
+            timeout: s.timeout,
+            retry: s.retry,
+            cost: s.cost,
+            fallback,
+        })
     }
 
     /// A team: a supervisor with its lead (child 0) and its reports.

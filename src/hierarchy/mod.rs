@@ -101,8 +101,9 @@ pub enum BuildError {
         /// The limit.
         limit: usize,
     },
-    /// A router tier followed by other tiers: routers lead their own workers.
-    #[error("tier {tier:?} is a router and must be the last tier; give it workers instead of tiers below it")]
+    /// A router or pipeline tier followed by other tiers: they lead their own workers
+    /// or stages.
+    #[error("tier {tier:?} is a router or pipeline and must be the last tier; give it workers or stages instead of tiers below it")]
     RouterNotLast {
         /// The tier.
         tier: String,
@@ -343,7 +344,11 @@ impl<M: crate::Message> Hierarchy<M> {
     /// # Errors
     /// The counters at the deadline, if work was still in flight.
     pub async fn wait_idle(&self, timeout: Duration) -> Result<Counters, Counters> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        // a "forever" timeout must not overflow the clock
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut pause = Duration::from_micros(50);
         loop {
             let c = self.counters();
@@ -430,7 +435,13 @@ impl<M: crate::Message> Hierarchy<M> {
             tracing::warn!(hierarchy = %self.shared.name, "orderly stop timed out; killing the actors");
             self.root.kill();
             let _ = tokio::time::timeout(Duration::from_secs(5), join).await;
-            // whatever the killed actors held is lost: count it as failed
+            // ractor kills descendants asynchronously: wait for each before counting
+            // what its mailbox held as failed
+            for slot in &self.shared.directory.all {
+                if let Some(a) = slot.actor() {
+                    let _ = a.get_cell().wait(Some(Duration::from_secs(5))).await;
+                }
+            }
             for slot in &self.shared.directory.all {
                 let lost = slot.detach();
                 if lost > 0 {
@@ -439,6 +450,8 @@ impl<M: crate::Message> Hierarchy<M> {
                 }
             }
         }
+        // nothing may wait in a pending queue for an incarnation that will never come
+        self.shared.close_all(reason);
         self.shared.advance(Phase::Stopped);
         self.shared.finished.send_replace(true);
         *self.shared.sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -446,10 +459,16 @@ impl<M: crate::Message> Hierarchy<M> {
 }
 
 impl<M: crate::Message> Drop for Hierarchy<M> {
+    /// Dropped without a shutdown: kill the actors, fail what waits in pending queues
+    /// and end the escalation stream. Tasks in the killed mailboxes are not counted
+    /// (nobody can read the counters any more) but their callers see a failure.
     fn drop(&mut self) {
         if self.join.is_some() {
             self.shared.advance(Phase::Stopped);
             self.root.kill();
+            self.shared
+                .close_all("the hierarchy was dropped without a shutdown");
+            *self.shared.sink.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 }

@@ -11,7 +11,11 @@ use tokio::time::Instant;
 
 use crate::accounting::{bump, Counters};
 use crate::address::Slot;
-use crate::envelope::{AuditEntry, Decision, EscalationReport, Failure, Outcome, TaskHead};
+use crate::envelope::{
+    AuditEntry, BranchEscalation, Decision, EscalationInfo, EscalationReport, Failure, FailureKind,
+    Outcome, Task, TaskHead,
+};
+use crate::node::NodeMsg;
 
 /// Lifecycle phase of a hierarchy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +49,8 @@ pub(crate) struct Shared<M> {
     pub(crate) failure: Mutex<Option<String>>,
     pub(crate) sink: Mutex<Option<mpsc::UnboundedSender<EscalationReport<M>>>>,
     pub(crate) directory: Directory<M>,
-    /// Flips to true when the root supervisor has exited.
+    /// True once the hierarchy's actors are stopped (set by `Hierarchy`'s stop paths);
+    /// also pinged without a change when the hierarchy fails.
     pub(crate) finished: watch::Sender<bool>,
 }
 
@@ -103,9 +108,23 @@ impl<M: crate::Message> Shared<M> {
 
     /// Record the hierarchy's failure (first reason wins).
     pub(crate) fn set_failure(&self, reason: String) {
-        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            *f = Some(reason);
+        {
+            let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            if f.is_none() {
+                *f = Some(reason);
+            }
+        }
+        // wake `Hierarchy::finished` waiters
+        self.finished.send_modify(|_| {});
+    }
+
+    /// Close every slot and fail what waits in their pending queues (hard stop, drop).
+    pub(crate) fn close_all(&self, reason: &str) {
+        let reason: Arc<str> = Arc::from(reason);
+        for slot in &self.directory.all {
+            for msg in slot.close(reason.clone()) {
+                crate::agent::actor::refuse(self, slot, msg, &reason);
+            }
         }
     }
 
@@ -149,8 +168,19 @@ impl<M: crate::Message> Shared<M> {
         }
     }
 
+    /// The task failed at `at` for `reason`, because something stopped.
+    pub(crate) fn fail(&self, at: &Slot<M>, head: TaskHead<M>, reason: &str) {
+        self.fail_as(at, head, reason, FailureKind::Stopped);
+    }
+
     /// The task failed at `at` for `reason`.
-    pub(crate) fn fail(&self, at: &Slot<M>, mut head: TaskHead<M>, reason: &str) {
+    pub(crate) fn fail_as(
+        &self,
+        at: &Slot<M>,
+        mut head: TaskHead<M>,
+        reason: &str,
+        kind: FailureKind,
+    ) {
         bump(&at.stats.own.failed);
         tracing::debug!(task = %head.id, at = %at.path, reason, "task failed");
         if let Some(tx) = head.reply.take() {
@@ -162,6 +192,7 @@ impl<M: crate::Message> Shared<M> {
             ));
             let _ = tx.send(Outcome::Failed(Failure {
                 task: head.id,
+                kind,
                 at: at.path.clone(),
                 attempts: head.attempt,
                 reason: reason.to_string(),
@@ -238,6 +269,44 @@ impl<M: crate::Message> Shared<M> {
     }
 
     /// Resolve a full path (with or without the hierarchy name) or `tier/index`.
+    /// A request's only branch (router dispatch, pipeline stage) escalated: the request
+    /// escalates from `at` to `up` with the branch's severity, reason, origin and
+    /// payload, and the branch's trail appended to its own.
+    pub(crate) fn escalate_from(
+        &self,
+        at: &Slot<M>,
+        up: &Arc<Slot<M>>,
+        mut head: TaskHead<M>,
+        esc: BranchEscalation<M>,
+    ) {
+        bump(&at.stats.own.escalated_up);
+        let meta = head.meta_mut();
+        meta.trail.extend(esc.trail);
+        meta.escalation = Some(EscalationInfo {
+            severity: esc.severity,
+            reason: esc.reason.clone(),
+            origin: esc.origin,
+            from: at.path.clone(),
+            key: None,
+        });
+        head.record(self.entry(
+            at,
+            Decision::Escalated {
+                severity: esc.severity,
+                reason: esc.reason,
+            },
+        ));
+        head.attempt = 0;
+        let task = Task {
+            head,
+            payload: esc.payload,
+        };
+        if let Err((NodeMsg::Escalation(t), why)) = up.deliver(NodeMsg::Escalation(task)) {
+            let reason = format!("could not escalate from {} to {}: {why}", at.path, up.path);
+            self.fail_as(at, t.head, &reason, FailureKind::Routing);
+        }
+    }
+
     pub(crate) fn lookup(&self, addr: &str) -> Option<&Arc<Slot<M>>> {
         let addr = addr.trim_matches('/');
         self.directory

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -19,13 +17,9 @@ use super::strategy::{pick, PickError};
 use super::RouterConfig;
 use crate::accounting::bump;
 use crate::address::{AgentRef, Slot};
-use crate::agent::actor::{refuse, AgentArgs};
-use crate::envelope::{
-    AuditEntry, Decision, Detail, EscalationInfo, Outcome, Path, Task, TaskHead,
-};
+use crate::envelope::{BranchEscalation, Decision, Detail, FailureKind, Outcome, Path, TaskHead};
 use crate::hierarchy::shared::Shared;
-use crate::node::{Directive, NodeMsg};
-use crate::supervisor::spec::{BoxFuture, SpawnAgent};
+use crate::lead::{Lead, LeadNode};
 
 /// One worker as the router sees it.
 pub(crate) struct Worker<M> {
@@ -40,154 +34,58 @@ pub(crate) struct RouterShared<M> {
     pub(crate) requests: AtomicU32,
 }
 
-pub(crate) struct RouterSpawner<M> {
-    pub(crate) inner: Arc<RouterShared<M>>,
-}
-
-impl<M: crate::Message> SpawnAgent<M> for RouterSpawner<M> {
-    fn spawn(
-        &self,
-        args: AgentArgs<M>,
-        supervisor: ractor::ActorCell,
-    ) -> BoxFuture<'_, Result<ActorRef<NodeMsg<M>>, String>> {
-        let actor = RouterActor {
-            inner: self.inner.clone(),
-        };
-        Box::pin(async move {
-            match Actor::spawn_linked(None, actor, args, supervisor).await {
-                Ok((r, _)) => Ok(r),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-    }
-}
-
-pub(crate) struct RouterActor<M> {
-    inner: Arc<RouterShared<M>>,
-}
-
-pub(crate) struct RouterState<M> {
-    slot: Arc<Slot<M>>,
-    shared: Arc<Shared<M>>,
-    escalate_to: Arc<Slot<M>>,
+/// The router's per-incarnation state.
+pub(crate) struct Cursor {
     next: usize,
     rng: StdRng,
-    stopping: Option<Arc<str>>,
 }
 
-impl<M: crate::Message> Actor for RouterActor<M> {
-    type Msg = NodeMsg<M>;
-    type State = RouterState<M>;
-    type Arguments = AgentArgs<M>;
+impl<M: crate::Message> Lead<M> for RouterShared<M> {
+    type State = Cursor;
+    const KIND: &'static str = "router";
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: AgentArgs<M>,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let seed = args.shared.seed ^ (u64::from(args.slot.uid) << 24);
-        Ok(RouterState {
-            slot: args.slot,
-            shared: args.shared,
-            escalate_to: args.escalate_to,
+    fn init(&self, node: &LeadNode<M>) -> Cursor {
+        Cursor {
             next: 0,
-            rng: StdRng::seed_from_u64(seed),
-            stopping: None,
-        })
+            rng: node.rng(),
+        }
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            NodeMsg::Task(task) => {
-                self.on_task(task, state);
-                bump(&state.slot.stats.own.settled);
-            }
-            NodeMsg::Escalation(task) => {
-                let reason = format!(
-                    "{} is a router: it takes tasks, not escalations",
-                    state.slot.path
-                );
-                state.shared.fail(&state.slot, task.head, &reason);
-                bump(&state.slot.stats.own.settled);
-            }
-            NodeMsg::ChildExit { reply, .. } => {
-                let _ = reply.send(Directive::Stop {
-                    reason: Arc::from("a router's workers are supervised by its team"),
-                });
-            }
-            NodeMsg::Reset => {
-                state.next = 0;
-                bump(&state.slot.stats.own.restarts);
-            }
-            NodeMsg::Stop { reason } => {
-                if state.stopping.is_none() {
-                    state.stopping = Some(reason.clone());
-                    for m in state.slot.close(reason.clone()) {
-                        refuse(&state.shared, &state.slot, m, &reason);
-                    }
-                    let _ = myself.drain();
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<M: crate::Message> RouterActor<M> {
-    fn on_task(&self, task: Task<M>, st: &mut RouterState<M>) {
-        let Task { mut head, payload } = task;
-        if let Some(reason) = &st.stopping {
-            let why = format!("{} stopped before routing the task: {reason}", st.slot.path);
-            st.shared.fail(&st.slot, head, &why);
-            return;
-        }
-        if st.shared.aborting() {
-            st.shared.fail(
-                &st.slot,
-                head,
-                "the hierarchy stopped before the task was routed",
-            );
-            return;
-        }
-        // a worker escalated one of our branches: that is the branch's result
-        if head.branch && head.escalation().is_some() {
-            st.shared.return_branch_escalation(&st.slot, head, payload);
-            return;
-        }
-        let inner = &self.inner;
-        let cfg = &inner.cfg;
+    fn request(
+        this: &Arc<Self>,
+        st: &mut Cursor,
+        node: &LeadNode<M>,
+        mut head: TaskHead<M>,
+        payload: M,
+    ) {
+        let cfg = &this.cfg;
         let started = Instant::now();
         if let Some(limit) = cfg.admission {
-            if inner.requests.load(Ordering::Acquire) >= limit {
-                bump(&st.slot.stats.own.rejected);
+            if this.requests.load(Ordering::Acquire) >= limit {
+                bump(&node.slot.stats.own.rejected);
                 let err = GatherError::AtCapacity { limit };
-                finish_without_branches(&st.shared, &st.slot, head, err, started);
+                finish_without_branches(&node.shared, &node.slot, head, err, started);
                 return;
             }
         }
-        let now = st.shared.now();
+        let now = node.shared.now();
         let cap = cfg.max_in_flight;
         let picked = pick(
             &cfg.route,
             &payload,
-            inner.workers.len(),
+            this.workers.len(),
             &mut st.next,
             &mut st.rng,
-            |i| load(&inner.workers[i]),
+            |i| load(&this.workers[i]),
             |i| {
-                let w = &inner.workers[i];
+                let w = &this.workers[i];
                 cap.is_none_or(|c| load(w) < c) && w.health.admit(cfg.breaker.as_ref(), now)
             },
         );
         let chosen = match picked {
             Ok(c) => c,
             Err(e) => {
-                bump(&st.slot.stats.own.rejected);
+                bump(&node.slot.stats.own.rejected);
                 let why = match e {
                     PickError::NoneEligible => {
                         "every worker is unavailable (breaker open or at its in-flight cap)".to_string()
@@ -200,8 +98,8 @@ impl<M: crate::Message> RouterActor<M> {
                     ),
                 };
                 finish_without_branches(
-                    &st.shared,
-                    &st.slot,
+                    &node.shared,
+                    &node.slot,
                     head,
                     GatherError::NoWorker(why),
                     started,
@@ -212,14 +110,14 @@ impl<M: crate::Message> RouterActor<M> {
         if head.meta.is_some() {
             let to = chosen
                 .iter()
-                .map(|&i| inner.workers[i].slot.path.clone())
+                .map(|&i| this.workers[i].slot.path.clone())
                 .collect();
-            head.record(st.shared.entry(&st.slot, Decision::Routed { to }));
+            head.record(node.shared.entry(&node.slot, Decision::Routed { to }));
         }
         let mut pending = Vec::with_capacity(chosen.len());
         let mut spare = Some(payload);
         for (k, &i) in chosen.iter().enumerate() {
-            let w = &inner.workers[i];
+            let w = &this.workers[i];
             let msg = if k + 1 == chosen.len() {
                 spare.take()
             } else {
@@ -229,9 +127,9 @@ impl<M: crate::Message> RouterActor<M> {
             let (tx, rx) = oneshot::channel();
             let wref = AgentRef {
                 slot: w.slot.clone(),
-                shared: st.shared.clone(),
+                shared: node.shared.clone(),
             };
-            let rx = match wref.submit_branch(msg, tx) {
+            let rx = match wref.submit_branch(msg, tx, head.budget().cloned()) {
                 Ok(_) => Some(rx),
                 Err(_) => None,
             };
@@ -241,12 +139,12 @@ impl<M: crate::Message> RouterActor<M> {
                 rx,
             });
         }
-        inner.requests.fetch_add(1, Ordering::AcqRel);
+        this.requests.fetch_add(1, Ordering::AcqRel);
         let job = GatherJob {
-            inner: inner.clone(),
-            shared: st.shared.clone(),
-            slot: st.slot.clone(),
-            escalate_to: st.escalate_to.clone(),
+            inner: this.clone(),
+            shared: node.shared.clone(),
+            slot: node.slot.clone(),
+            escalate_to: node.escalate_to.clone(),
             head,
             pending,
             started,
@@ -275,7 +173,7 @@ fn finish_without_branches<M: crate::Message>(
             elapsed: started.elapsed(),
         },
     );
-    shared.fail(slot, head, &err.to_string());
+    shared.fail_as(slot, head, &err.to_string(), FailureKind::Routing);
 }
 
 fn send_detail<M>(head: &mut TaskHead<M>, g: Gathered<M>) {
@@ -289,15 +187,6 @@ struct Pending<M> {
     path: Path,
     /// `None` if the branch could not even be sent (worker closed).
     rx: Option<oneshot::Receiver<Outcome<M>>>,
-}
-
-/// What a dispatched branch's escalation carries back, for the parent to mirror.
-struct Escalated<M> {
-    severity: f64,
-    reason: String,
-    origin: Path,
-    payload: M,
-    trail: Vec<AuditEntry>,
 }
 
 struct GatherJob<M> {
@@ -328,7 +217,7 @@ impl<M: crate::Message> GatherJob<M> {
         let mut done = vec![false; n];
         let mut arrival = Vec::new();
         let mut answers = 0usize;
-        let mut escalation: Option<Escalated<M>> = None;
+        let mut escalation: Option<BranchEscalation<M>> = None;
         let mut fail_fast: Option<GatherError> = None;
         let mut rxs: Vec<Option<oneshot::Receiver<Outcome<M>>>> =
             self.pending.iter_mut().map(|p| p.rx.take()).collect();
@@ -388,7 +277,7 @@ impl<M: crate::Message> GatherJob<M> {
                     payload,
                     trail,
                 }) => {
-                    escalation.get_or_insert(Escalated {
+                    escalation.get_or_insert(BranchEscalation {
                         severity,
                         reason: reason.clone(),
                         origin,
@@ -493,11 +382,9 @@ impl<M: crate::Message> GatherJob<M> {
         let shared = &self.shared;
         let slot = &self.slot;
         match (result, escalation, broadcast) {
-            (Ok(_), Some(esc), false) => {
-                mirror_escalation(shared, slot, &self.escalate_to, head, esc)
-            }
+            (Ok(_), Some(esc), false) => shared.escalate_from(slot, &self.escalate_to, head, esc),
             (Ok(reply), _, _) => shared.complete(slot, head, reply),
-            (Err(e), _, _) => shared.fail(slot, head, &e.to_string()),
+            (Err(e), _, _) => shared.fail_as(slot, head, &e.to_string(), FailureKind::Routing),
         }
     }
 
@@ -517,45 +404,5 @@ impl<M: crate::Message> GatherJob<M> {
         if let Some(worker) = self.inner.workers.get(w) {
             worker.health.release_trial();
         }
-    }
-}
-
-/// A single-worker route's branch escalated: the request escalates from the router,
-/// with the branch's severity, reason, origin and payload, and its trail appended.
-fn mirror_escalation<M: crate::Message>(
-    shared: &Shared<M>,
-    slot: &Slot<M>,
-    up: &Arc<Slot<M>>,
-    mut head: TaskHead<M>,
-    esc: Escalated<M>,
-) {
-    bump(&slot.stats.own.escalated_up);
-    let meta = head.meta_mut();
-    meta.trail.extend(esc.trail);
-    meta.escalation = Some(EscalationInfo {
-        severity: esc.severity,
-        reason: esc.reason.clone(),
-        origin: esc.origin,
-        from: slot.path.clone(),
-        key: None,
-    });
-    head.record(shared.entry(
-        slot,
-        Decision::Escalated {
-            severity: esc.severity,
-            reason: esc.reason,
-        },
-    ));
-    head.attempt = 0;
-    let task = Task {
-        head,
-        payload: esc.payload,
-    };
-    if let Err((NodeMsg::Escalation(t), why)) = up.deliver(NodeMsg::Escalation(task)) {
-        let reason = format!(
-            "could not escalate from {} to {}: {why}",
-            slot.path, up.path
-        );
-        shared.fail(slot, t.head, &reason);
     }
 }

@@ -227,10 +227,10 @@ impl<M: crate::Message> RouterHandle<M> {
     /// # Errors
     /// [`SendError`] if the router no longer takes work; the message is given back.
     pub async fn call(&self, msg: M) -> Result<Gathered<M>, SendError<M>> {
-        let (outcome, detail) = self.entry.submit_with_detail(msg)?;
+        let (outcome, detail) = self.entry.submit_with_detail(msg, None)?;
         match detail.await {
             Ok(Detail::Gather(g)) => Ok(g),
-            Err(_) => {
+            _ => {
                 let reason = match outcome.await {
                     Ok(Outcome::Failed(f)) => f.reason,
                     Ok(_) => "the router gave no detail".to_string(),

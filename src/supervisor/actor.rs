@@ -34,8 +34,15 @@ pub(crate) struct SupervisorArgs<M> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChildState {
     Running,
+    /// Dead, waiting out its backoff before a respawn.
+    Restarting,
     Stopped,
 }
+
+/// How long to wait for a killed actor to finish dying before accounting for its
+/// mailbox. A handler that holds its thread cannot be interrupted; past this bound its
+/// task may be counted lost and then complete.
+const DEATH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Child<M> {
     spec: Arc<NodeSpec<M>>,
@@ -73,24 +80,55 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
             return Err("a supervisor was given an agent spec".into());
         };
         let slot = team.slot.clone();
-        let mut children = Vec::with_capacity(team.children.len());
-        for (i, child) in team.children.iter().enumerate() {
-            let r = spawn_node(
-                child.clone(),
-                args.shared.clone(),
-                slot.clone(),
-                i,
-                myself.get_cell(),
-            )
-            .await
-            .map_err(|e| format!("{}: {e}", child.slot().path))?;
-            children.push(Child {
-                spec: child.clone(),
-                actor: Some(r.get_id()),
-                state: ChildState::Running,
-                consecutive: 0,
-                last_restart: None,
-            });
+        // Children start concurrently: a big team spawns faster, and an `on_start` that
+        // sends to (or calls) a sibling finds the sibling started.
+        let started: Vec<_> = team
+            .children
+            .iter()
+            .enumerate()
+            .map(|(i, child)| {
+                tokio::spawn(spawn_node(
+                    child.clone(),
+                    args.shared.clone(),
+                    slot.clone(),
+                    i,
+                    myself.get_cell(),
+                ))
+            })
+            .collect();
+        let mut children: Vec<Child<M>> = Vec::with_capacity(team.children.len());
+        let mut failure = None;
+        for (child, handle) in team.children.iter().zip(started) {
+            match handle.await {
+                Ok(Ok(r)) => children.push(Child {
+                    spec: child.clone(),
+                    actor: Some(r.get_id()),
+                    state: ChildState::Running,
+                    consecutive: 0,
+                    last_restart: None,
+                }),
+                Ok(Err(e)) => {
+                    failure.get_or_insert(format!("{}: {e}", child.slot().path));
+                }
+                Err(e) => {
+                    failure.get_or_insert(format!(
+                        "{}: its spawn task failed: {e}",
+                        child.slot().path
+                    ));
+                }
+            }
+        }
+        if let Some(reason) = failure {
+            // the children that did start hold work handed to them from their pending
+            // queues: make sure they are dead before our parent accounts for their
+            // mailboxes
+            for c in &children {
+                if let Some(a) = c.spec.slot().actor() {
+                    a.kill();
+                    let _ = a.get_cell().wait(Some(DEATH_WAIT)).await;
+                }
+            }
+            return Err(reason.into());
         }
         Ok(SupervisorState {
             policy: team.policy,
@@ -125,10 +163,23 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
                 state.shared.fail(&state.slot, task.head, &reason);
                 bump(&state.slot.stats.own.settled);
             }
-            NodeMsg::ChildExit { child, exit, reply } => {
-                let directive = state.on_child_exit(child, exit, &myself).await;
+            NodeMsg::ChildExit {
+                child,
+                from,
+                exit,
+                reply,
+            } => {
+                let current = state.children.get(child).and_then(|c| c.actor);
+                let directive = if current == Some(from) {
+                    state.on_child_exit(child, exit, &myself).await
+                } else {
+                    Directive::Stop {
+                        reason: Arc::from("a report from a buried incarnation"),
+                    }
+                };
                 let _ = reply.send(directive);
             }
+            NodeMsg::Respawn { child } => state.respawn(child, &myself).await,
             NodeMsg::Reset => {
                 if state.stopping.is_none() {
                     state.reset_all(None);
@@ -158,8 +209,11 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
             return Ok(());
         };
         state.children[i].actor = None;
-        if state.children[i].spec.slot().is_closed() {
-            // it stopped by protocol (closed its slot first)
+        // a clean stop (slot closed, mailbox drained) leaves nothing unsettled; anything
+        // else, including a kill during a stop, is accounted here
+        let spec = state.children[i].spec.clone();
+        account_dead_subtree(&spec).await;
+        if spec.slot().is_closed() {
             state.children[i].state = ChildState::Stopped;
         } else {
             state.on_child_died(i, reason, &myself).await;
@@ -167,6 +221,26 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
         state.maybe_finish_stop(&myself);
         Ok(())
     }
+}
+
+/// Wait until every actor of a dead subtree has stopped (ractor kills children
+/// asynchronously), then count what each mailbox still held as failed.
+async fn account_dead_subtree<M: crate::Message>(spec: &NodeSpec<M>) {
+    let mut actors = Vec::new();
+    spec.for_each_slot(&mut |slot| actors.extend(slot.actor()));
+    for a in actors {
+        if a.get_cell().wait(Some(DEATH_WAIT)).await.is_err() {
+            tracing::warn!(actor = ?a.get_id(), "an actor did not stop in time; its task may be counted lost and still finish");
+        }
+    }
+    spec.for_each_slot(&mut |slot| {
+        let lost = slot.detach();
+        if lost > 0 {
+            add(&slot.stats.own.failed, lost);
+            add(&slot.stats.own.lost_in_mailbox, lost);
+            tracing::warn!(node = %slot.path, lost, "tasks lost with a dead actor's mailbox");
+        }
+    });
 }
 
 impl<M: crate::Message> SupervisorState<M> {
@@ -309,12 +383,10 @@ impl<M: crate::Message> SupervisorState<M> {
                 self.children[i].spec.slot().path,
             );
             tracing::warn!(supervisor = %self.slot.path, %reason, "failing upward");
-            return match self.fail_upward(reason).await {
-                Directive::Restart { .. } => {
+            return match self.fail_upward(reason, myself.get_id()).await {
+                Directive::Restart { delay } => {
                     self.reset_all(Some(i));
-                    Directive::Restart {
-                        delay: std::time::Duration::ZERO,
-                    }
+                    Directive::Restart { delay }
                 }
                 Directive::Stop { reason } => {
                     self.begin_stop(reason.clone(), myself);
@@ -344,12 +416,13 @@ impl<M: crate::Message> SupervisorState<M> {
 
     /// Ask our own supervisor what to do about our failure. At the root, the hierarchy
     /// fails.
-    async fn fail_upward(&mut self, reason: String) -> Directive {
+    async fn fail_upward(&mut self, reason: String, me: ractor::ActorId) -> Directive {
         match &self.parent {
             Some((parent, idx)) => {
                 let (tx, rx) = oneshot::channel();
                 let msg = NodeMsg::ChildExit {
                     child: *idx,
+                    from: me,
                     exit: Exit::Crashed(reason),
                     reply: tx,
                 };
@@ -402,26 +475,13 @@ impl<M: crate::Message> SupervisorState<M> {
     }
 
     /// A child's actor died (not a crash caught in place: a kill, or a failure of our
-    /// own machinery). Account for what its mailbox held, then restart or stop it.
+    /// own machinery); its mailbox is already accounted. Restart it (after its backoff,
+    /// without blocking this supervisor) or stop it.
     async fn on_child_died(&mut self, i: usize, reason: String, myself: &ActorRef<NodeMsg<M>>) {
         let spec = self.children[i].spec.clone();
-        // the whole subtree died with it: account every slot's lost mailbox
-        spec.for_each_slot(&mut |slot| {
-            let lost = slot.detach();
-            if lost > 0 {
-                add(&slot.stats.own.failed, lost);
-                add(&slot.stats.own.lost_in_mailbox, lost);
-                tracing::warn!(node = %slot.path, lost, "tasks lost with a dead actor's mailbox");
-            }
-        });
         tracing::warn!(child = %spec.slot().path, %reason, "child actor died");
-        let directive = if self.stopping.is_some() {
-            Directive::Stop {
-                reason: self
-                    .stopping
-                    .clone()
-                    .unwrap_or_else(|| Arc::from("stopping")),
-            }
+        let directive = if let Some(reason) = self.stopping.clone() {
+            Directive::Stop { reason }
         } else if spec.restart == RestartPolicy::Temporary {
             Directive::Stop {
                 reason: Arc::from(format!(
@@ -433,36 +493,56 @@ impl<M: crate::Message> SupervisorState<M> {
             self.decide_restart(i, &reason, myself).await
         };
         match directive {
+            Directive::Restart { delay } if delay.is_zero() => self.respawn(i, myself).await,
             Directive::Restart { delay } => {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                match spawn_node(
-                    spec.clone(),
-                    self.shared.clone(),
-                    self.slot.clone(),
-                    i,
-                    myself.get_cell(),
-                )
-                .await
-                {
-                    Ok(actor) => {
-                        spec.for_each_slot(&mut |s| bump(&s.stats.own.restarts));
-                        self.children[i].actor = Some(actor.get_id());
-                        self.children[i].state = ChildState::Running;
-                    }
-                    Err(e) => {
-                        let reason: Arc<str> = Arc::from(format!("respawn failed: {e}"));
-                        self.close_subtree(&spec, &reason);
-                        self.children[i].state = ChildState::Stopped;
-                    }
-                }
+                self.children[i].state = ChildState::Restarting;
+                myself.send_after(delay, move || NodeMsg::Respawn { child: i });
             }
             Directive::Stop { reason } => {
                 self.close_subtree(&spec, &reason);
                 self.children[i].state = ChildState::Stopped;
             }
         }
+    }
+
+    /// Spawn a dead child's subtree again into its slots.
+    async fn respawn(&mut self, i: usize, myself: &ActorRef<NodeMsg<M>>) {
+        let Some(child) = self.children.get(i) else {
+            return;
+        };
+        if child.actor.is_some() {
+            return;
+        }
+        let spec = child.spec.clone();
+        if let Some(reason) = self.stopping.clone() {
+            self.close_subtree(&spec, &reason);
+            self.children[i].state = ChildState::Stopped;
+            return;
+        }
+        match spawn_node(
+            spec.clone(),
+            self.shared.clone(),
+            self.slot.clone(),
+            i,
+            myself.get_cell(),
+        )
+        .await
+        {
+            Ok(actor) => {
+                spec.for_each_slot(&mut |s| bump(&s.stats.own.restarts));
+                self.children[i].actor = Some(actor.get_id());
+                self.children[i].state = ChildState::Running;
+            }
+            Err(e) => {
+                // whatever the half-built subtree was handed is accounted, the rest
+                // refused
+                account_dead_subtree(&spec).await;
+                let reason: Arc<str> = Arc::from(format!("respawn failed: {e}"));
+                self.close_subtree(&spec, &reason);
+                self.children[i].state = ChildState::Stopped;
+            }
+        }
+        self.maybe_finish_stop(myself);
     }
 
     /// Close every slot of a dead subtree and fail what waited in their pending queues.
@@ -485,11 +565,24 @@ impl<M: crate::Message> SupervisorState<M> {
         for msg in self.slot.close(reason.clone()) {
             refuse(&self.shared, &self.slot, msg, &reason);
         }
-        for c in &self.children {
-            if c.state == ChildState::Running {
-                let _ = c.spec.slot().deliver(NodeMsg::Stop {
-                    reason: reason.clone(),
-                });
+        for c in &mut self.children {
+            match c.state {
+                ChildState::Running => {
+                    let _ = c.spec.slot().deliver(NodeMsg::Stop {
+                        reason: reason.clone(),
+                    });
+                }
+                ChildState::Restarting => {
+                    // no actor to stop: close its slots and fail what waits there
+                    let spec = c.spec.clone();
+                    c.state = ChildState::Stopped;
+                    spec.for_each_slot(&mut |slot| {
+                        for msg in slot.close(reason.clone()) {
+                            refuse(&self.shared, slot, msg, &reason);
+                        }
+                    });
+                }
+                ChildState::Stopped => {}
             }
         }
         self.maybe_finish_stop(myself);

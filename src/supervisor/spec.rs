@@ -135,7 +135,10 @@ pub(crate) fn spawn_node<M: crate::Message>(
                 }
             }
         };
-        spec.slot().attach(actor.clone());
+        if !spec.slot().attach(actor.clone()) {
+            actor.kill();
+            return Err(format!("{} was closed while it started", spec.slot().path));
+        }
         Ok(actor)
     })
 }

@@ -1,0 +1,152 @@
+//! Budgets: cost units (tokens, API calls, cents) a run may spend.
+//!
+//! A budget travels with a task: pipeline stages spend it one after another, router
+//! branches of the same request share it. Agents spend with [`crate::Ctx::spend`];
+//! any stage can also charge a fixed cost per attempt. Spending past the limit fails
+//! the spend with [`BudgetExceeded`], which as an [`crate::AgentError`] rejects the
+//! task (no retry: more attempts would only spend more).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// A budget shared by everything one run does.
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    spent: AtomicU64,
+    stage: AtomicUsize,
+    per_stage: Mutex<Vec<u64>>,
+    refused: Mutex<Option<BudgetExceeded>>,
+}
+
+/// A spend that would take the budget past its limit. The units were not spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetExceeded {
+    /// The budget's limit.
+    pub limit: u64,
+    /// Spent before this attempt.
+    pub spent: u64,
+    /// What was asked for.
+    pub asked: u64,
+}
+
+impl fmt::Display for BudgetExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "budget exhausted: {} units asked with {} of {} already spent; raise the budget or cut the work",
+            self.asked, self.spent, self.limit
+        )
+    }
+}
+
+impl From<BudgetExceeded> for crate::AgentError {
+    fn from(e: BudgetExceeded) -> Self {
+        crate::AgentError::reject(e.to_string())
+    }
+}
+
+impl Budget {
+    /// A budget of `limit` units.
+    pub fn new(limit: u64) -> Self {
+        Budget {
+            limit,
+            spent: AtomicU64::new(0),
+            stage: AtomicUsize::new(0),
+            per_stage: Mutex::new(Vec::new()),
+            refused: Mutex::new(None),
+        }
+    }
+
+    /// Spend `units`, or refuse if that would pass the limit.
+    ///
+    /// # Errors
+    /// [`BudgetExceeded`]; nothing is spent then.
+    pub fn spend(&self, units: u64) -> Result<(), BudgetExceeded> {
+        let mut cur = self.spent.load(Ordering::Acquire);
+        loop {
+            let next = cur.saturating_add(units);
+            if next > self.limit {
+                let e = BudgetExceeded {
+                    limit: self.limit,
+                    spent: cur,
+                    asked: units,
+                };
+                *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                return Err(e);
+            }
+            match self
+                .spent
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        let stage = self.stage.load(Ordering::Acquire);
+        let mut per = self.per_stage.lock().unwrap_or_else(|e| e.into_inner());
+        if per.len() <= stage {
+            per.resize(stage + 1, 0);
+        }
+        per[stage] += units;
+        Ok(())
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Units spent so far.
+    pub fn spent(&self) -> u64 {
+        self.spent.load(Ordering::Acquire)
+    }
+
+    /// Units left.
+    pub fn remaining(&self) -> u64 {
+        self.limit.saturating_sub(self.spent())
+    }
+
+    /// The last refused spend, if any: the budget is exhausted for what was asked.
+    pub fn refusal(&self) -> Option<BudgetExceeded> {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attribute later spending to stage `i` (pipelines set this per stage).
+    pub(crate) fn enter_stage(&self, i: usize) {
+        self.stage.store(i, Ordering::Release);
+    }
+
+    /// Units spent per stage index.
+    pub(crate) fn per_stage(&self) -> Vec<u64> {
+        self.per_stage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spends_until_the_limit_and_attributes_per_stage() {
+        let b = Budget::new(10);
+        b.spend(4).unwrap();
+        b.enter_stage(2);
+        b.spend(6).unwrap();
+        let e = b.spend(1).unwrap_err();
+        assert_eq!(
+            e,
+            BudgetExceeded {
+                limit: 10,
+                spent: 10,
+                asked: 1
+            }
+        );
+        assert_eq!(b.per_stage(), vec![4, 0, 6]);
+        assert_eq!(b.remaining(), 0);
+    }
+}

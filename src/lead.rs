@@ -1,0 +1,184 @@
+//! The actor shared by routers and pipelines: a team lead without user code that turns
+//! each request into branches and resolves the request once they are in.
+//!
+//! The node protocol (refusing work while stopping, returning a branch's escalation as
+//! that branch's result, reset, orderly stop) is here once; what a request *does* is the
+//! [`Lead`] implementation's.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::accounting::bump;
+use crate::address::Slot;
+use crate::agent::actor::{refuse, AgentArgs};
+use crate::envelope::{Task, TaskHead};
+use crate::hierarchy::shared::Shared;
+use crate::node::{Directive, NodeMsg};
+use crate::supervisor::spec::{BoxFuture, SpawnAgent};
+
+/// What a router or pipeline does with a request.
+pub(crate) trait Lead<M>: Send + Sync + 'static {
+    /// Per-incarnation state (e.g. a round-robin cursor).
+    type State: Send + 'static;
+    /// "router" or "pipeline", for messages.
+    const KIND: &'static str;
+
+    fn init(&self, node: &LeadNode<M>) -> Self::State;
+
+    /// Start a request; its head must be resolved exactly once, now or later.
+    fn request(
+        this: &Arc<Self>,
+        state: &mut Self::State,
+        node: &LeadNode<M>,
+        head: TaskHead<M>,
+        payload: M,
+    );
+}
+
+/// Who the lead is: its slot, its hierarchy, where its escalations go.
+pub(crate) struct LeadNode<M> {
+    pub(crate) slot: Arc<Slot<M>>,
+    pub(crate) shared: Arc<Shared<M>>,
+    pub(crate) escalate_to: Arc<Slot<M>>,
+}
+
+impl<M> LeadNode<M> {
+    /// An RNG seeded from the hierarchy seed and this node's position.
+    pub(crate) fn rng(&self) -> StdRng {
+        StdRng::seed_from_u64(self.shared.seed ^ (u64::from(self.slot.uid) << 24))
+    }
+}
+
+pub(crate) struct LeadSpawner<L> {
+    pub(crate) lead: Arc<L>,
+}
+
+impl<M: crate::Message, L: Lead<M>> SpawnAgent<M> for LeadSpawner<L> {
+    fn spawn(
+        &self,
+        args: AgentArgs<M>,
+        supervisor: ractor::ActorCell,
+    ) -> BoxFuture<'_, Result<ActorRef<NodeMsg<M>>, String>> {
+        let actor = LeadActor {
+            lead: self.lead.clone(),
+            _m: std::marker::PhantomData,
+        };
+        Box::pin(async move {
+            match Actor::spawn_linked(None, actor, args, supervisor).await {
+                Ok((r, _)) => Ok(r),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
+pub(crate) struct LeadActor<M, L> {
+    lead: Arc<L>,
+    _m: std::marker::PhantomData<fn() -> M>,
+}
+
+pub(crate) struct LeadState<M, S> {
+    node: LeadNode<M>,
+    state: S,
+    stopping: Option<Arc<str>>,
+}
+
+impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
+    type Msg = NodeMsg<M>;
+    type State = LeadState<M, L::State>;
+    type Arguments = AgentArgs<M>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: AgentArgs<M>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let node = LeadNode {
+            slot: args.slot,
+            shared: args.shared,
+            escalate_to: args.escalate_to,
+        };
+        let state = self.lead.init(&node);
+        Ok(LeadState {
+            node,
+            state,
+            stopping: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::Task(task) => {
+                self.on_task(task, st);
+                bump(&st.node.slot.stats.own.settled);
+            }
+            NodeMsg::Escalation(task) => {
+                let reason = format!(
+                    "{} is a {}: it takes tasks, not escalations",
+                    st.node.slot.path,
+                    L::KIND
+                );
+                st.node.shared.fail(&st.node.slot, task.head, &reason);
+                bump(&st.node.slot.stats.own.settled);
+            }
+            NodeMsg::ChildExit { reply, .. } => {
+                let _ = reply.send(Directive::Stop {
+                    reason: Arc::from("its children are supervised by its team"),
+                });
+            }
+            NodeMsg::Respawn { .. } => {}
+            NodeMsg::Reset => {
+                st.state = self.lead.init(&st.node);
+                bump(&st.node.slot.stats.own.restarts);
+            }
+            NodeMsg::Stop { reason } => {
+                if st.stopping.is_none() {
+                    st.stopping = Some(reason.clone());
+                    for m in st.node.slot.close(reason.clone()) {
+                        refuse(&st.node.shared, &st.node.slot, m, &reason);
+                    }
+                    let _ = myself.drain();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<M: crate::Message, L: Lead<M>> LeadActor<M, L> {
+    fn on_task(&self, task: Task<M>, st: &mut LeadState<M, L::State>) {
+        let Task { head, payload } = task;
+        let node = &st.node;
+        if let Some(reason) = &st.stopping {
+            let why = format!(
+                "{} stopped before taking the task: {reason}",
+                node.slot.path
+            );
+            node.shared.fail(&node.slot, head, &why);
+            return;
+        }
+        if node.shared.aborting() {
+            node.shared.fail(
+                &node.slot,
+                head,
+                "the hierarchy stopped before the task was taken",
+            );
+            return;
+        }
+        // one of our branches escalated: that is the branch's result
+        if head.branch && head.escalation().is_some() {
+            node.shared
+                .return_branch_escalation(&node.slot, head, payload);
+            return;
+        }
+        L::request(&self.lead, &mut st.state, &st.node, head, payload);
+    }
+}

@@ -1,0 +1,408 @@
+//! The pipeline lead and the run task that drives one request through the stages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{PipelineConfig, RunError, RunReport, StageFn, StageReport, StageStatus};
+use crate::address::{AgentRef, Slot};
+use crate::budget::Budget;
+use crate::envelope::{BranchEscalation, Detail, FailureKind, Outcome, TaskHead};
+use crate::hierarchy::shared::Shared;
+use crate::lead::{Lead, LeadNode};
+use crate::panic::CatchUnwind;
+use crate::pipeline::stage::Retry;
+use crate::pipeline::StageError;
+
+/// Where a stage's work goes.
+pub(crate) enum Entry<M> {
+    /// The entry slot of the stage's node (agent, router or team lead).
+    Node(Arc<Slot<M>>),
+    Function(StageFn<M>),
+}
+
+pub(crate) struct StageRuntime<M> {
+    pub(crate) name: String,
+    pub(crate) entry: Entry<M>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: Retry,
+    pub(crate) cost: u64,
+    pub(crate) fallback: Option<Box<StageRuntime<M>>>,
+}
+
+/// Pipeline state that outlives an incarnation of its actor.
+pub(crate) struct PipelineShared<M> {
+    pub(crate) cfg: Arc<PipelineConfig<M>>,
+    pub(crate) stages: Vec<StageRuntime<M>>,
+}
+
+impl<M: crate::Message> Lead<M> for PipelineShared<M> {
+    type State = ();
+    const KIND: &'static str = "pipeline";
+
+    fn init(&self, _node: &LeadNode<M>) {
+        crate::panic::install_quiet_hook();
+    }
+
+    fn request(
+        this: &Arc<Self>,
+        _: &mut (),
+        node: &LeadNode<M>,
+        mut head: TaskHead<M>,
+        payload: M,
+    ) {
+        let budget = match head.budget() {
+            Some(b) => Some(b.clone()),
+            None => this.cfg.budget.map(|units| {
+                let b = Arc::new(Budget::new(units));
+                head.meta_mut().budget = Some(b.clone());
+                b
+            }),
+        };
+        let seed = node.shared.seed ^ head.id.0.rotate_left(17);
+        let run = Run {
+            p: this.clone(),
+            shared: node.shared.clone(),
+            slot: node.slot.clone(),
+            escalate_to: node.escalate_to.clone(),
+            budget,
+            started: Instant::now(),
+            rng: StdRng::seed_from_u64(seed),
+        };
+        tokio::spawn(run.run(head, payload));
+    }
+}
+
+enum StageOut<M> {
+    Output(M),
+    Escalated(BranchEscalation<M>),
+    Failed(RunError),
+}
+
+enum Attempt<M> {
+    Output(Option<M>),
+    Escalated(BranchEscalation<M>),
+    Failed {
+        reason: String,
+        retryable: bool,
+        timed_out: bool,
+    },
+}
+
+struct Run<M> {
+    p: Arc<PipelineShared<M>>,
+    shared: Arc<Shared<M>>,
+    slot: Arc<Slot<M>>,
+    escalate_to: Arc<Slot<M>>,
+    budget: Option<Arc<Budget>>,
+    started: Instant,
+    rng: StdRng,
+}
+
+impl<M: crate::Message> Run<M> {
+    async fn run(mut self, mut head: TaskHead<M>, payload: M) {
+        let p = self.p.clone();
+        let mut reports: Vec<StageReport> = p
+            .stages
+            .iter()
+            .map(|s| StageReport {
+                name: s.name.clone(),
+                attempts: 0,
+                elapsed: Duration::ZERO,
+                spent: 0,
+                status: StageStatus::NotRun,
+            })
+            .collect();
+        let mut current = 0usize;
+        let mut stage_started = self.started;
+        let started = self.started;
+        let out = {
+            let drive = self.drive(payload, &mut reports, &mut current, &mut stage_started);
+            match p.cfg.deadline {
+                Some(d) => match tokio::time::timeout_at(started + d, drive).await {
+                    Ok(out) => out,
+                    Err(_) => StageOut::Failed(RunError::Deadline {
+                        stage: p
+                            .stages
+                            .get(current)
+                            .map(|s| s.name.clone())
+                            .unwrap_or_default(),
+                        deadline: d,
+                    }),
+                },
+                None => drive.await,
+            }
+        };
+        if let (StageOut::Failed(RunError::Deadline { .. }), Some(r)) =
+            (&out, reports.get_mut(current))
+        {
+            r.status = StageStatus::Interrupted;
+            r.elapsed = stage_started.elapsed();
+        }
+        if let Some(b) = &self.budget {
+            for (r, spent) in reports.iter_mut().zip(b.per_stage()) {
+                r.spent = spent;
+            }
+        }
+        let spent = self.budget.as_ref().map_or(0, |b| b.spent());
+        let elapsed = self.started.elapsed();
+        let wants_detail = head.meta.as_ref().is_some_and(|m| m.detail.is_some());
+        let result = match &out {
+            StageOut::Output(m) => Ok(m.clone()),
+            StageOut::Escalated(e) => Err(RunError::Escalated {
+                stage: p
+                    .stages
+                    .get(current)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+                severity: e.severity,
+                reason: e.reason.clone(),
+            }),
+            StageOut::Failed(e) => Err(e.clone()),
+        };
+        if wants_detail {
+            if let Some(tx) = head.meta.as_mut().and_then(|m| m.detail.take()) {
+                let _ = tx.send(Detail::Run(RunReport {
+                    result: result.clone(),
+                    stages: reports,
+                    elapsed,
+                    spent,
+                }));
+            }
+        }
+        match (out, result) {
+            (StageOut::Output(m), _) => self.shared.complete(&self.slot, head, Some(m)),
+            (StageOut::Escalated(esc), _) => {
+                self.shared
+                    .escalate_from(&self.slot, &self.escalate_to, head, esc)
+            }
+            (StageOut::Failed(e), _) => {
+                let kind = match e {
+                    RunError::Budget { .. } => FailureKind::Rejected,
+                    _ => FailureKind::Routing,
+                };
+                self.shared.fail_as(&self.slot, head, &e.to_string(), kind);
+            }
+        }
+    }
+
+    /// Run every stage in order; the output of one is the input of the next.
+    async fn drive(
+        &mut self,
+        mut input: M,
+        reports: &mut [StageReport],
+        current: &mut usize,
+        stage_started: &mut Instant,
+    ) -> StageOut<M> {
+        let p = self.p.clone();
+        let n = p.stages.len();
+        for (i, stage) in p.stages.iter().enumerate() {
+            *current = i;
+            *stage_started = Instant::now();
+            if let Some(b) = &self.budget {
+                b.enter_stage(i);
+            }
+            let out = self.stage(stage, i, n, input, &mut reports[i]).await;
+            reports[i].elapsed = stage_started.elapsed();
+            // a refused spend anywhere in the stage (a branch of a router, say) ends
+            // the run, even if the stage salvaged a partial result
+            if let Some(exceeded) = self.budget.as_ref().and_then(|b| b.refusal()) {
+                reports[i].status = StageStatus::Failed(exceeded.to_string());
+                return StageOut::Failed(RunError::Budget {
+                    stage: stage.name.clone(),
+                    exceeded,
+                });
+            }
+            match out {
+                StageOut::Output(m) => {
+                    if reports[i].status == StageStatus::NotRun {
+                        reports[i].status = StageStatus::Done;
+                    }
+                    input = m;
+                }
+                other => return other,
+            }
+        }
+        StageOut::Output(input)
+    }
+
+    /// One stage: attempts with retry and backoff, then the fallback.
+    async fn stage(
+        &mut self,
+        stage: &StageRuntime<M>,
+        i: usize,
+        n: usize,
+        input: M,
+        report: &mut StageReport,
+    ) -> StageOut<M> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            report.attempts = attempt;
+            if let Err(out) = self.charge(stage) {
+                report.status = StageStatus::Failed(out.to_string());
+                return StageOut::Failed(out);
+            }
+            let (reason, retryable, timed_out) = match self.attempt(stage, input.clone()).await {
+                Attempt::Output(Some(m)) => return StageOut::Output(m),
+                Attempt::Output(None) => return StageOut::Output(input),
+                Attempt::Escalated(e) => {
+                    report.status = StageStatus::Escalated(e.reason.clone());
+                    return StageOut::Escalated(e);
+                }
+                Attempt::Failed {
+                    reason,
+                    retryable,
+                    timed_out,
+                } => (reason, retryable, timed_out),
+            };
+            if let Some(exceeded) = self.budget.as_ref().and_then(|b| b.refusal()) {
+                report.status = StageStatus::Failed(reason);
+                return StageOut::Failed(RunError::Budget {
+                    stage: stage.name.clone(),
+                    exceeded,
+                });
+            }
+            if retryable && stage.retry.retries(timed_out) && attempt < stage.retry.max_attempts {
+                let delay = stage.retry.delay(attempt, &mut self.rng);
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            if let Some(fb) = &stage.fallback {
+                match self.attempt(fb, input.clone()).await {
+                    Attempt::Output(out) => {
+                        report.status = StageStatus::Fallback { reason };
+                        return StageOut::Output(out.unwrap_or(input));
+                    }
+                    Attempt::Escalated(e) => {
+                        report.status = StageStatus::Escalated(e.reason.clone());
+                        return StageOut::Escalated(e);
+                    }
+                    Attempt::Failed {
+                        reason: fb_reason, ..
+                    } => {
+                        let reason =
+                            format!("{reason}; fallback {:?} failed too: {fb_reason}", fb.name);
+                        report.status = StageStatus::Failed(reason.clone());
+                        return StageOut::Failed(RunError::Stage {
+                            stage: stage.name.clone(),
+                            index: i + 1,
+                            stages: n,
+                            attempt,
+                            reason,
+                        });
+                    }
+                }
+            }
+            report.status = StageStatus::Failed(reason.clone());
+            return StageOut::Failed(RunError::Stage {
+                stage: stage.name.clone(),
+                index: i + 1,
+                stages: n,
+                attempt,
+                reason,
+            });
+        }
+    }
+
+    fn charge(&self, stage: &StageRuntime<M>) -> Result<(), RunError> {
+        match (&self.budget, stage.cost) {
+            (Some(b), cost) if cost > 0 => b.spend(cost).map_err(|exceeded| RunError::Budget {
+                stage: stage.name.clone(),
+                exceeded,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// One attempt of a stage, bounded by its timeout.
+    async fn attempt(&self, stage: &StageRuntime<M>, input: M) -> Attempt<M> {
+        let timeout = stage.timeout;
+        let late = |d: Duration| Attempt::Failed {
+            reason: format!("no answer within {d:?}"),
+            retryable: true,
+            timed_out: true,
+        };
+        match &stage.entry {
+            Entry::Node(slot) => {
+                let (tx, rx) = oneshot::channel();
+                let target = AgentRef {
+                    slot: slot.clone(),
+                    shared: self.shared.clone(),
+                };
+                if let Err(e) = target.submit_branch(input, tx, self.budget.clone()) {
+                    return Attempt::Failed {
+                        reason: e.to_string(),
+                        retryable: false,
+                        timed_out: false,
+                    };
+                }
+                let got = match timeout {
+                    Some(d) => match tokio::time::timeout(d, rx).await {
+                        Ok(v) => v,
+                        Err(_) => return late(d),
+                    },
+                    None => rx.await,
+                };
+                match got {
+                    Ok(Outcome::Completed { reply, .. }) => Attempt::Output(reply),
+                    Ok(Outcome::Escalated {
+                        severity,
+                        reason,
+                        origin,
+                        payload,
+                        trail,
+                    }) => Attempt::Escalated(BranchEscalation {
+                        severity,
+                        reason,
+                        origin,
+                        payload,
+                        trail,
+                    }),
+                    Ok(Outcome::Failed(f)) => Attempt::Failed {
+                        retryable: f.kind != FailureKind::Rejected,
+                        reason: f.reason,
+                        timed_out: false,
+                    },
+                    Err(_) => Attempt::Failed {
+                        reason: "the stage's task was lost with its actor".to_string(),
+                        retryable: true,
+                        timed_out: false,
+                    },
+                }
+            }
+            Entry::Function(f) => {
+                let fut = CatchUnwind::new(f(input));
+                let got = match timeout {
+                    Some(d) => match tokio::time::timeout(d, fut).await {
+                        Ok(v) => v,
+                        Err(_) => return late(d),
+                    },
+                    None => fut.await,
+                };
+                match got {
+                    Ok(Ok(m)) => Attempt::Output(Some(m)),
+                    Ok(Err(StageError::Retryable(reason))) => Attempt::Failed {
+                        reason,
+                        retryable: true,
+                        timed_out: false,
+                    },
+                    Ok(Err(StageError::Permanent(reason))) => Attempt::Failed {
+                        reason,
+                        retryable: false,
+                        timed_out: false,
+                    },
+                    Err(panic) => Attempt::Failed {
+                        reason: panic,
+                        retryable: true,
+                        timed_out: false,
+                    },
+                }
+            }
+        }
+    }
+}
