@@ -150,7 +150,7 @@ impl<M: crate::Message> Run<M> {
         }
         let spent = self.budget.as_ref().map_or(0, |b| b.spent());
         let elapsed = self.started.elapsed();
-        let wants_detail = head.meta.as_ref().is_some_and(|m| m.detail.is_some());
+        let detail = crate::router::actor::take_detail(&mut head);
         let result = match &out {
             StageOut::Output(m) => Ok(m.clone()),
             StageOut::Escalated(e) => Err(RunError::Escalated {
@@ -164,29 +164,28 @@ impl<M: crate::Message> Run<M> {
             }),
             StageOut::Failed(e) => Err(e.clone()),
         };
-        if wants_detail {
-            if let Some(tx) = head.meta.as_mut().and_then(|m| m.detail.take()) {
-                let _ = tx.send(Detail::Run(RunReport {
-                    result: result.clone(),
-                    stages: reports,
-                    elapsed,
-                    spent,
-                }));
-            }
-        }
-        match (out, result) {
-            (StageOut::Output(m), _) => self.shared.complete(&self.slot, head, Some(m)),
-            (StageOut::Escalated(esc), _) => {
+        // resolve (and count) first, then tell the caller
+        match out {
+            StageOut::Output(m) => self.shared.complete(&self.slot, head, Some(m)),
+            StageOut::Escalated(esc) => {
                 self.shared
                     .escalate_from(&self.slot, &self.escalate_to, head, esc)
             }
-            (StageOut::Failed(e), _) => {
+            StageOut::Failed(e) => {
                 let kind = match e {
                     RunError::Budget { .. } => FailureKind::Rejected,
                     _ => FailureKind::Routing,
                 };
                 self.shared.fail_as(&self.slot, head, &e.to_string(), kind);
             }
+        }
+        if let Some(tx) = detail {
+            let _ = tx.send(Detail::Run(RunReport {
+                result,
+                stages: reports,
+                elapsed,
+                spent,
+            }));
         }
     }
 

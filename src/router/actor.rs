@@ -165,19 +165,27 @@ fn finish_without_branches<M: crate::Message>(
     err: GatherError,
     started: Instant,
 ) {
+    let detail = take_detail(&mut head);
+    shared.fail_as(slot, head, &err.to_string(), FailureKind::Routing);
     send_detail(
-        &mut head,
+        detail,
         Gathered {
-            result: Err(err.clone()),
+            result: Err(err),
             branches: Vec::new(),
             elapsed: started.elapsed(),
         },
     );
-    shared.fail_as(slot, head, &err.to_string(), FailureKind::Routing);
 }
 
-fn send_detail<M>(head: &mut TaskHead<M>, g: Gathered<M>) {
-    if let Some(tx) = head.meta.as_mut().and_then(|m| m.detail.take()) {
+/// The caller's detail port, taken out before the request is resolved: the request is
+/// counted first, then the caller hears, so counters read after `call` returns are
+/// exact.
+pub(crate) fn take_detail<M>(head: &mut TaskHead<M>) -> Option<oneshot::Sender<Detail<M>>> {
+    head.meta.as_mut().and_then(|m| m.detail.take())
+}
+
+fn send_detail<M>(tx: Option<oneshot::Sender<Detail<M>>>, g: Gathered<M>) {
+    if let Some(tx) = tx {
         let _ = tx.send(Detail::Gather(g));
     }
 }
@@ -370,22 +378,25 @@ impl<M: crate::Message> GatherJob<M> {
             );
             head.record(entry);
         }
-        send_detail(
-            &mut head,
-            Gathered {
-                result: result.clone(),
-                branches: reports,
-                elapsed,
-            },
-        );
+        // admission first, then the outcome, then the caller: a caller holding its
+        // result never sees its own request still counted
         self.inner.requests.fetch_sub(1, Ordering::AcqRel);
+        let detail = take_detail(&mut head);
         let shared = &self.shared;
         let slot = &self.slot;
-        match (result, escalation, broadcast) {
+        match (result.clone(), escalation, broadcast) {
             (Ok(_), Some(esc), false) => shared.escalate_from(slot, &self.escalate_to, head, esc),
             (Ok(reply), _, _) => shared.complete(slot, head, reply),
             (Err(e), _, _) => shared.fail_as(slot, head, &e.to_string(), FailureKind::Routing),
         }
+        send_detail(
+            detail,
+            Gathered {
+                result,
+                branches: reports,
+                elapsed,
+            },
+        );
     }
 
     fn health(&self, k: usize, ok: bool) {

@@ -46,7 +46,7 @@ pub enum BreakerState {
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     consecutive: AtomicU32,
-    /// Nanoseconds since the hierarchy started when the breaker opened; 0 = closed.
+    /// 1 + nanoseconds since the hierarchy started when the breaker opened; 0 = closed.
     opened_at: AtomicU64,
     trial: AtomicBool,
 }
@@ -60,7 +60,7 @@ impl Health {
         if opened == 0 {
             return BreakerState::Closed;
         }
-        let since = now.saturating_sub(Duration::from_nanos(opened));
+        let since = now.saturating_sub(Duration::from_nanos(opened - 1));
         if since >= cfg.cool_down {
             BreakerState::HalfOpen
         } else {
@@ -94,8 +94,11 @@ impl Health {
         } else {
             let n = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
             if n >= cfg.failures || was_trial {
-                // never store 0 (it means closed)
-                let at = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX).max(1);
+                // stored plus one: 0 means closed, and an opening at t = 0 must not
+                // shift the cool-down
+                let at = u64::try_from(now.as_nanos())
+                    .unwrap_or(u64::MAX - 1)
+                    .saturating_add(1);
                 self.opened_at.store(at, Ordering::Release);
             }
         }
