@@ -7,7 +7,7 @@
 //! task (no retry: more attempts would only spend more).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// A budget shared by everything one run does.
@@ -15,8 +15,6 @@ use std::sync::Mutex;
 pub struct Budget {
     limit: u64,
     spent: AtomicU64,
-    stage: AtomicUsize,
-    per_stage: Mutex<Vec<u64>>,
     refused: Mutex<Option<BudgetExceeded>>,
 }
 
@@ -53,8 +51,6 @@ impl Budget {
         Budget {
             limit,
             spent: AtomicU64::new(0),
-            stage: AtomicUsize::new(0),
-            per_stage: Mutex::new(Vec::new()),
             refused: Mutex::new(None),
         }
     }
@@ -84,12 +80,6 @@ impl Budget {
                 Err(now) => cur = now,
             }
         }
-        let stage = self.stage.load(Ordering::Acquire);
-        let mut per = self.per_stage.lock().unwrap_or_else(|e| e.into_inner());
-        if per.len() <= stage {
-            per.resize(stage + 1, 0);
-        }
-        per[stage] += units;
         Ok(())
     }
 
@@ -112,19 +102,6 @@ impl Budget {
     pub fn refusal(&self) -> Option<BudgetExceeded> {
         *self.refused.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    /// Attribute later spending to stage `i` (pipelines set this per stage).
-    pub(crate) fn enter_stage(&self, i: usize) {
-        self.stage.store(i, Ordering::Release);
-    }
-
-    /// Units spent per stage index.
-    pub(crate) fn per_stage(&self) -> Vec<u64> {
-        self.per_stage
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
 }
 
 #[cfg(test)]
@@ -132,21 +109,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spends_until_the_limit_and_attributes_per_stage() {
+    fn spends_until_the_limit_then_refuses_and_remembers() {
         let b = Budget::new(10);
         b.spend(4).unwrap();
-        b.enter_stage(2);
         b.spend(6).unwrap();
         let e = b.spend(1).unwrap_err();
-        assert_eq!(
-            e,
-            BudgetExceeded {
-                limit: 10,
-                spent: 10,
-                asked: 1
-            }
-        );
-        assert_eq!(b.per_stage(), vec![4, 0, 6]);
+        let expected = BudgetExceeded {
+            limit: 10,
+            spent: 10,
+            asked: 1,
+        };
+        assert_eq!(e, expected);
+        assert_eq!(b.refusal(), Some(expected));
         assert_eq!(b.remaining(), 0);
     }
 }

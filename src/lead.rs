@@ -5,7 +5,10 @@
 //! that branch's result, reset, orderly stop) is here once; what a request *does* is the
 //! [`Lead`] implementation's.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::rngs::StdRng;
@@ -19,6 +22,64 @@ use crate::hierarchy::shared::Shared;
 use crate::node::{Directive, NodeMsg};
 use crate::supervisor::spec::{BoxFuture, SpawnAgent};
 
+/// The requests a lead is working on in detached tasks (gathers, runs), so that a stop
+/// can abort them and wait for them before the lead exits.
+#[derive(Debug)]
+pub(crate) struct Runs {
+    active: AtomicUsize,
+    idle: Notify,
+    abort: watch::Sender<bool>,
+}
+
+impl Default for Runs {
+    fn default() -> Self {
+        Runs {
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            abort: watch::channel(false).0,
+        }
+    }
+}
+
+/// Held by a running request; dropping it marks the request done.
+pub(crate) struct RunGuard<'a>(&'a Runs);
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Runs {
+    pub(crate) fn start(&self) -> RunGuard<'_> {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        RunGuard(self)
+    }
+
+    /// Resolves when the lead is stopping while the hierarchy aborts.
+    pub(crate) async fn aborted(&self) {
+        let mut rx = self.abort.subscribe();
+        let _ = rx.wait_for(|a| *a).await;
+    }
+
+    /// Abort every running request and wait (bounded) until they have resolved.
+    async fn abort_and_wait(&self, bound: std::time::Duration) {
+        self.abort.send_replace(true);
+        let wait = async {
+            while self.active.load(Ordering::Acquire) > 0 {
+                let notified = self.idle.notified();
+                if self.active.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(bound, wait).await;
+    }
+}
+
 /// What a router or pipeline does with a request.
 pub(crate) trait Lead<M>: Send + Sync + 'static {
     /// Per-incarnation state (e.g. a round-robin cursor).
@@ -27,6 +88,9 @@ pub(crate) trait Lead<M>: Send + Sync + 'static {
     const KIND: &'static str;
 
     fn init(&self, node: &LeadNode<M>) -> Self::State;
+
+    /// The requests it is working on.
+    fn runs(&self) -> &Runs;
 
     /// Start a request; its head must be resolved exactly once, now or later.
     fn request(
@@ -144,6 +208,14 @@ impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
                     st.stopping = Some(reason.clone());
                     for m in st.node.slot.close(reason.clone()) {
                         refuse(&st.node.shared, &st.node.slot, m, &reason);
+                    }
+                    // requests in detached tasks: on a hard stop, abort them; either
+                    // way they resolve before this lead exits
+                    if st.node.shared.aborting() {
+                        self.lead
+                            .runs()
+                            .abort_and_wait(std::time::Duration::from_secs(5))
+                            .await;
                     }
                     let _ = myself.drain();
                 }

@@ -21,6 +21,8 @@ pub(crate) mod node;
 pub(crate) mod panic;
 pub mod pipeline;
 pub mod router;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod supervisor;
 
 pub use accounting::Counters;

@@ -588,6 +588,7 @@ impl<M: crate::Message> Plan<'_, M> {
                     cfg: cfg.clone(),
                     workers,
                     requests: Default::default(),
+                    runs: Default::default(),
                 });
                 self.dir.routers.insert(router_slot.uid, inner.clone());
                 let router = lead(router_slot, Arc::new(LeadSpawner { lead: inner }));
@@ -617,6 +618,7 @@ impl<M: crate::Message> Plan<'_, M> {
                 let inner = Arc::new(PipelineShared {
                     cfg: cfg.clone(),
                     stages,
+                    runs: Default::default(),
                 });
                 let pipe = lead(pipe_slot, Arc::new(LeadSpawner { lead: inner }));
                 let first = members.first().map_or(tier, |m| m.tier);

@@ -319,6 +319,18 @@ impl<M: crate::Message> Hierarchy<M> {
         self.shared.directory.routers.get(&entry.slot.uid)
     }
 
+    /// Every node's counters with its path and role (supervisors and team leads
+    /// included), in build order.
+    pub fn node_counters(&self) -> Vec<(Path, Role, Counters)> {
+        self.shared.node_counters()
+    }
+
+    /// The shared state, to read counters after a shutdown consumed the handle.
+    #[cfg(feature = "sim")]
+    pub(crate) fn shared(&self) -> Arc<Shared<M>> {
+        self.shared.clone()
+    }
+
     /// Counters summed over every node.
     pub fn counters(&self) -> Counters {
         self.shared.counters()

@@ -135,6 +135,15 @@ impl<M: crate::Message> Shared<M> {
             .clone()
     }
 
+    /// Every node's counters with its path and role.
+    pub(crate) fn node_counters(&self) -> Vec<(crate::Path, crate::Role, Counters)> {
+        self.directory
+            .all
+            .iter()
+            .map(|s| (s.path.clone(), s.role, s.stats.snapshot()))
+            .collect()
+    }
+
     /// Counters summed over every node. Outcomes are read before submissions, so a
     /// concurrent run can only show more in flight than there is, never less.
     pub(crate) fn counters(&self) -> Counters {

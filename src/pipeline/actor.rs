@@ -38,11 +38,16 @@ pub(crate) struct StageRuntime<M> {
 pub(crate) struct PipelineShared<M> {
     pub(crate) cfg: Arc<PipelineConfig<M>>,
     pub(crate) stages: Vec<StageRuntime<M>>,
+    pub(crate) runs: crate::lead::Runs,
 }
 
 impl<M: crate::Message> Lead<M> for PipelineShared<M> {
     type State = ();
     const KIND: &'static str = "pipeline";
+
+    fn runs(&self) -> &crate::lead::Runs {
+        &self.runs
+    }
 
     fn init(&self, _node: &LeadNode<M>) {
         crate::panic::install_quiet_hook();
@@ -106,6 +111,7 @@ struct Run<M> {
 impl<M: crate::Message> Run<M> {
     async fn run(mut self, mut head: TaskHead<M>, payload: M) {
         let p = self.p.clone();
+        let _running = p.runs.start();
         let mut reports: Vec<StageReport> = p
             .stages
             .iter()
@@ -120,34 +126,43 @@ impl<M: crate::Message> Run<M> {
         let mut current = 0usize;
         let mut stage_started = self.started;
         let started = self.started;
-        let out = {
+        // Err(Some(d)): the deadline passed; Err(None): the hierarchy stopped
+        let ended: Result<StageOut<M>, Option<Duration>> = {
             let drive = self.drive(payload, &mut reports, &mut current, &mut stage_started);
-            match p.cfg.deadline {
-                Some(d) => match tokio::time::timeout_at(started + d, drive).await {
-                    Ok(out) => out,
-                    Err(_) => StageOut::Failed(RunError::Deadline {
-                        stage: p
-                            .stages
-                            .get(current)
-                            .map(|s| s.name.clone())
-                            .unwrap_or_default(),
-                        deadline: d,
-                    }),
-                },
-                None => drive.await,
+            let bounded = async {
+                match p.cfg.deadline {
+                    Some(d) => tokio::time::timeout_at(started + d, drive)
+                        .await
+                        .map_err(|_| Some(d)),
+                    None => Ok(drive.await),
+                }
+            };
+            tokio::select! {
+                out = bounded => out,
+                () = p.runs.aborted() => Err(None),
             }
         };
-        if let (StageOut::Failed(RunError::Deadline { .. }), Some(r)) =
-            (&out, reports.get_mut(current))
-        {
-            r.status = StageStatus::Interrupted;
-            r.elapsed = stage_started.elapsed();
-        }
-        if let Some(b) = &self.budget {
-            for (r, spent) in reports.iter_mut().zip(b.per_stage()) {
-                r.spent = spent;
+        let stage_name = p
+            .stages
+            .get(current)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let out = match ended {
+            Ok(out) => out,
+            Err(cut) => {
+                if let Some(r) = reports.get_mut(current) {
+                    r.status = StageStatus::Interrupted;
+                    r.elapsed = stage_started.elapsed();
+                }
+                StageOut::Failed(match cut {
+                    Some(deadline) => RunError::Deadline {
+                        stage: stage_name,
+                        deadline,
+                    },
+                    None => RunError::Stopped { stage: stage_name },
+                })
             }
-        }
+        };
         let spent = self.budget.as_ref().map_or(0, |b| b.spent());
         let elapsed = self.started.elapsed();
         let detail = crate::router::actor::take_detail(&mut head);
@@ -174,6 +189,7 @@ impl<M: crate::Message> Run<M> {
             StageOut::Failed(e) => {
                 let kind = match e {
                     RunError::Budget { .. } => FailureKind::Rejected,
+                    RunError::Stopped { .. } => FailureKind::Stopped,
                     _ => FailureKind::Routing,
                 };
                 self.shared.fail_as(&self.slot, head, &e.to_string(), kind);
@@ -202,11 +218,12 @@ impl<M: crate::Message> Run<M> {
         for (i, stage) in p.stages.iter().enumerate() {
             *current = i;
             *stage_started = Instant::now();
-            if let Some(b) = &self.budget {
-                b.enter_stage(i);
-            }
+            // spend is attributed by difference, so a nested pipeline spending from the
+            // same budget counts toward this stage
+            let spent_before = self.budget.as_ref().map_or(0, |b| b.spent());
             let out = self.stage(stage, i, n, input, &mut reports[i]).await;
             reports[i].elapsed = stage_started.elapsed();
+            reports[i].spent = self.budget.as_ref().map_or(0, |b| b.spent()) - spent_before;
             // a refused spend anywhere in the stage (a branch of a router, say) ends
             // the run, even if the stage salvaged a partial result
             if let Some(exceeded) = self.budget.as_ref().and_then(|b| b.refusal()) {

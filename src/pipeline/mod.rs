@@ -66,7 +66,7 @@ pub enum StageStatus {
     Failed(String),
     /// Escalated: the run ends here and escalates.
     Escalated(String),
-    /// The run's deadline passed during this stage.
+    /// The run's deadline passed, or the hierarchy stopped, during this stage.
     Interrupted,
 }
 
@@ -128,6 +128,12 @@ pub enum RunError {
         severity: f64,
         /// Its reason.
         reason: String,
+    },
+    /// The hierarchy stopped (hard stop) while the run was in this stage.
+    #[error("the hierarchy stopped during stage {stage:?}")]
+    Stopped {
+        /// The stage.
+        stage: String,
     },
     /// The run could not be reported (the pipeline's actor died with it).
     #[error("the run was lost: {0}")]

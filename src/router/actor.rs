@@ -32,6 +32,7 @@ pub(crate) struct RouterShared<M> {
     pub(crate) cfg: Arc<RouterConfig<M>>,
     pub(crate) workers: Vec<Worker<M>>,
     pub(crate) requests: AtomicU32,
+    pub(crate) runs: crate::lead::Runs,
 }
 
 /// The router's per-incarnation state.
@@ -43,6 +44,10 @@ pub(crate) struct Cursor {
 impl<M: crate::Message> Lead<M> for RouterShared<M> {
     type State = Cursor;
     const KIND: &'static str = "router";
+
+    fn runs(&self) -> &crate::lead::Runs {
+        &self.runs
+    }
 
     fn init(&self, node: &LeadNode<M>) -> Cursor {
         Cursor {
@@ -209,6 +214,8 @@ struct GatherJob<M> {
 
 impl<M: crate::Message> GatherJob<M> {
     async fn run(mut self) {
+        let inner = self.inner.clone();
+        let _running = inner.runs.start();
         let cfg = self.inner.cfg.clone();
         let n = self.pending.len();
         let broadcast = cfg.route.is_broadcast();
@@ -259,15 +266,24 @@ impl<M: crate::Message> GatherJob<M> {
                 }
                 Poll::Pending
             });
-            let (k, outcome) = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, next).await {
-                    Ok(v) => v,
-                    Err(_) => {
-                        timed_out = true;
-                        break;
-                    }
-                },
-                None => next.await,
+            let next = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, next).await.ok(),
+                    None => Some(next.await),
+                }
+            };
+            let got = tokio::select! {
+                got = next => got,
+                () = inner.runs.aborted() => {
+                    fail_fast.get_or_insert(GatherError::NoWorker(
+                        "the hierarchy stopped before every branch answered".to_string(),
+                    ));
+                    break;
+                }
+            };
+            let Some((k, outcome)) = got else {
+                timed_out = true;
+                break;
             };
             rxs[k] = None;
             done[k] = true;
