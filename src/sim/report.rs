@@ -269,7 +269,7 @@ impl Report {
         let l = &self.latency;
         let _ = writeln!(
             s,
-            "\nevent-to-decision latency ({} alerts): p50 {} · p95 {} · p99 {} · max {}",
+            "\nevent-to-decision latency ({} decisions): p50 {} · p95 {} · p99 {} · max {}",
             l.count,
             ms(l.p50_ms),
             ms(l.p95_ms),

@@ -105,7 +105,8 @@ impl Agent for TierTwo {
         self.sim.work(ctx).await;
         let incoming = ctx.escalation().map_or(0.0, |e| e.severity);
         let noise: f64 = ctx.rng().random_range(-0.05..0.05);
-        let severity = (incoming * 0.5 + t.difficulty * 0.5 + noise).clamp(0.0, 1.0);
+        // tier 2 knows more: its judgement leans on the ticket itself
+        let severity = (incoming * 0.3 + t.difficulty * 0.7 + noise).clamp(0.0, 1.0);
         if severity < self.sim.decide_at {
             return Ok(Verdict::Done);
         }
@@ -213,9 +214,9 @@ pub(crate) async fn run(s: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<R
         };
         let needs_human = rng.random_bool(w.needs_human_fraction);
         let difficulty = if needs_human {
-            rng.random_range(0.55..1.0)
+            rng.random_range(0.6..1.0)
         } else {
-            rng.random_range(0.0..0.6)
+            rng.random_range(0.0..0.55)
         };
         let ticket = Ticket {
             id,
