@@ -117,9 +117,20 @@ pub(crate) fn assess(r: &Reading) -> (Condition, f64) {
     best
 }
 
-/// Tier N (frontline): one per patient.
-pub(crate) struct Monitor {
+/// The frontline: one per patient. Turns a reading into a severity and escalates a
+/// finding when it reaches its rule (`decide_at`).
+#[derive(Debug)]
+pub struct Monitor {
     pub(crate) sim: Arc<TierSim>,
+}
+
+impl Monitor {
+    /// A monitor that escalates findings with severity `>= decide_at`.
+    pub fn new(decide_at: f64) -> Self {
+        Monitor {
+            sim: TierSim::standalone(decide_at, Duration::ZERO),
+        }
+    }
 }
 
 impl Agent for Monitor {
@@ -154,15 +165,24 @@ impl Agent for Monitor {
     }
 }
 
-/// Middle tiers: correlate a patient's findings over a window.
-pub(crate) struct Diagnostic {
+/// Middle tiers: correlate each patient's findings over a 30-minute window of event
+/// time; repeated findings and related conditions (falling SpO2 with a rising heart
+/// rate, a missed dose then a pressure spike) raise the severity.
+#[derive(Debug)]
+pub struct Diagnostic {
     pub(crate) sim: Arc<TierSim>,
     pub(crate) window: Duration,
     recent: HashMap<u32, VecDeque<(u64, Condition, f64)>>,
 }
 
 impl Diagnostic {
-    pub(crate) fn new(sim: Arc<TierSim>) -> Self {
+    /// A diagnostic agent that escalates a correlated severity `>= decide_at`, taking
+    /// `service` (runtime clock) per finding.
+    pub fn new(decide_at: f64, service: Duration) -> Self {
+        Diagnostic::with_sim(TierSim::standalone(decide_at, service))
+    }
+
+    pub(crate) fn with_sim(sim: Arc<TierSim>) -> Self {
         Diagnostic {
             sim,
             window: Duration::from_secs(30 * 60),
@@ -182,7 +202,8 @@ impl Agent for Diagnostic {
         let Ward::Finding(mut f) = msg else {
             return Ok(Verdict::Done);
         };
-        let now = ctx.now().as_millis() as u64;
+        // event time: when the reading was taken, not when it is handled
+        let now = f.first_ms;
         let w = self.window.as_millis() as u64;
         let q = self.recent.entry(f.patient).or_default();
         while q
@@ -216,9 +237,20 @@ impl Agent for Diagnostic {
     }
 }
 
-/// Tier 1: decide whether staff are alerted.
-pub(crate) struct Decision {
+/// The top tier: alerts staff (escalates out of the top) for a severity `>= decide_at`,
+/// logs the rest.
+#[derive(Debug)]
+pub struct Decision {
     pub(crate) sim: Arc<TierSim>,
+}
+
+impl Decision {
+    /// A decision agent alerting at `decide_at`, taking `service` per finding.
+    pub fn new(decide_at: f64, service: Duration) -> Self {
+        Decision {
+            sim: TierSim::standalone(decide_at, service),
+        }
+    }
 }
 
 impl Agent for Decision {

@@ -24,6 +24,18 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
+    /// A recorder nobody reads, for agents used outside a simulation.
+    pub(crate) fn unused() -> Self {
+        Recorder {
+            bucket: Duration::from_secs(3600),
+            escalations: vec![vec![0; 1]; 1],
+            alerts: vec![0],
+            processed: 0,
+            teams: Default::default(),
+            tiers: 1,
+        }
+    }
+
     pub(crate) fn new(s: &Scenario) -> Self {
         let n = (s.duration.0.as_secs_f64() / s.bucket.0.as_secs_f64())
             .ceil()
@@ -78,6 +90,21 @@ pub(crate) struct TierSim {
 }
 
 impl TierSim {
+    /// No faults, the given service time and decision rule: for agents used outside a
+    /// simulation (the examples).
+    pub(crate) fn standalone(decide_at: f64, service: Duration) -> Arc<TierSim> {
+        Arc::new(TierSim {
+            index: 0,
+            service,
+            decide_at,
+            slow_below: 0,
+            slow_extra: Duration::ZERO,
+            outages: Vec::new(),
+            panic_probability: 0.0,
+            rec: Arc::new(Mutex::new(Recorder::unused())),
+        })
+    }
+
     pub(crate) fn for_tiers(s: &Scenario, rec: &Rec) -> Vec<Arc<TierSim>> {
         s.tiers
             .iter()

@@ -118,7 +118,7 @@ async fn run_healthcare(s: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<R
             })
         } else {
             Tier::new(t.name.clone(), t.count, move |_| {
-                Diagnostic::new(sim.clone())
+                Diagnostic::with_sim(sim.clone())
             })
         };
         b = b.tier_with(tier.escalate_at(threshold(t)));

@@ -42,11 +42,30 @@ pub struct Ticket {
     pub needs_human: bool,
 }
 
-/// A specialist in one pool.
-pub(crate) struct Specialist {
+/// A specialist in one pool: resolves a ticket, or escalates it when its confidence is
+/// low (hard ticket, wrong pool) and the customer's priority pushes the severity to
+/// `decide_at`.
+#[derive(Debug)]
+pub struct Specialist {
     sim: Arc<TierSim>,
     pool: usize,
     pool_name: String,
+}
+
+impl Specialist {
+    /// A specialist of pool `pool` (its index among the desk's pools) named `pool_name`.
+    pub fn new(
+        pool: usize,
+        pool_name: impl Into<String>,
+        decide_at: f64,
+        service: Duration,
+    ) -> Self {
+        Specialist {
+            sim: TierSim::standalone(decide_at, service),
+            pool,
+            pool_name: pool_name.into(),
+        }
+    }
 }
 
 impl Agent for Specialist {
@@ -90,9 +109,20 @@ impl Agent for Specialist {
     }
 }
 
-/// Tier 2 (and any tier above the desk): more skill; resolves part of what reaches it.
-pub(crate) struct TierTwo {
+/// Tier 2 (and any tier above the desk): more skill; resolves part of what reaches it
+/// and hands the rest to a human (escalates out of the top).
+#[derive(Debug)]
+pub struct TierTwo {
     sim: Arc<TierSim>,
+}
+
+impl TierTwo {
+    /// A tier-2 agent handing tickets to a human at severity `>= decide_at`.
+    pub fn new(decide_at: f64, service: Duration) -> Self {
+        TierTwo {
+            sim: TierSim::standalone(decide_at, service),
+        }
+    }
 }
 
 impl Agent for TierTwo {
