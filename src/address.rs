@@ -10,11 +10,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ractor::{ActorRef, MessagingErr};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::accounting::{bump, Counters, NodeStats};
 use crate::envelope::{Outcome, Path, Role, Task, TaskId};
@@ -34,6 +34,11 @@ pub(crate) struct Slot<M> {
     pub(crate) stats: NodeStats,
     /// Restart epoch: a supervisor bumps it to restart the agent at its next message.
     pub(crate) epoch: AtomicU64,
+    /// Mailbox capacity for external work (0: unbounded).
+    pub(crate) capacity: AtomicU64,
+    /// Senders waiting for room (`AgentRef::send_wait`).
+    waiters: AtomicUsize,
+    room: Notify,
 }
 
 struct Mailbox<M> {
@@ -64,6 +69,27 @@ impl<M: Send + 'static> Slot<M> {
             pending: Mutex::new(VecDeque::new()),
             stats: NodeStats::default(),
             epoch: AtomicU64::new(0),
+            capacity: AtomicU64::new(0),
+            waiters: AtomicUsize::new(0),
+            room: Notify::new(),
+        }
+    }
+
+    /// The node is done with one message: count it, and wake a sender waiting for room.
+    #[inline]
+    pub(crate) fn settle(&self) {
+        bump(&self.stats.own.settled);
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Is the mailbox at its capacity for external work?
+    fn full(&self) -> Option<u64> {
+        match self.capacity.load(Ordering::Relaxed) {
+            0 => None,
+            cap if self.stats.unsettled() >= cap => Some(cap),
+            _ => None,
         }
     }
 
@@ -234,6 +260,12 @@ impl<M: crate::Message> AgentRef<M> {
         &self.slot.path
     }
 
+    /// Tasks in this agent's mailbox or being handled right now (not counting those
+    /// waiting for an incarnation between a crash and a respawn).
+    pub fn queued(&self) -> u64 {
+        self.slot.stats.unsettled()
+    }
+
     /// This agent's counters.
     pub fn counters(&self) -> Counters {
         self.slot.stats.snapshot()
@@ -247,7 +279,51 @@ impl<M: crate::Message> AgentRef<M> {
     /// [`SendError::Closed`] if this agent has stopped for good; both give the message
     /// back. A refused message is not counted as submitted.
     pub fn send(&self, msg: M) -> Result<TaskId, SendError<M>> {
+        if let Some(capacity) = self.slot.full() {
+            return Err(self.refuse_full(msg, capacity));
+        }
         self.submit(msg, None, true)
+    }
+
+    /// Submit a task, waiting while the agent's mailbox is at its capacity
+    /// (backpressure): the producer slows to the agent's pace instead of growing its
+    /// queue. Without a capacity this is [`AgentRef::send`].
+    ///
+    /// # Errors
+    /// As [`AgentRef::send`], except that it never returns [`SendError::Full`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it resolves sends nothing.
+    pub async fn send_wait(&self, msg: M) -> Result<TaskId, SendError<M>> {
+        loop {
+            if self.slot.full().is_none() {
+                return self.submit(msg, None, true);
+            }
+            if !self.shared.accepting() {
+                return Err(SendError::ShuttingDown { msg });
+            }
+            let notified = self.slot.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            self.slot.waiters.fetch_add(1, Ordering::AcqRel);
+            // re-check after registering, so a settle in between is not missed
+            if self.slot.full().is_some() && !self.slot.is_closed() {
+                notified.await;
+            }
+            self.slot.waiters.fetch_sub(1, Ordering::AcqRel);
+            if self.slot.is_closed() {
+                return self.submit(msg, None, true);
+            }
+        }
+    }
+
+    fn refuse_full(&self, msg: M, capacity: u64) -> SendError<M> {
+        bump(&self.slot.stats.own.rejected);
+        SendError::Full {
+            msg,
+            path: self.slot.path.clone(),
+            capacity,
+        }
     }
 
     /// Submit a task and wait for its outcome: completed (with the agent's reply, if
@@ -259,6 +335,9 @@ impl<M: crate::Message> AgentRef<M> {
     /// # Cancel safety
     /// Dropping the future does not withdraw the task; it still runs and is counted.
     pub async fn call(&self, msg: M) -> Result<Outcome<M>, SendError<M>> {
+        if let Some(capacity) = self.slot.full() {
+            return Err(self.refuse_full(msg, capacity));
+        }
         let (tx, rx) = oneshot::channel();
         let id = self.submit(msg, Some(tx), true)?;
         Ok(rx.await.unwrap_or_else(|_| {
@@ -388,6 +467,17 @@ pub enum SendError<M> {
         /// The message, given back.
         msg: M,
     },
+    /// The agent's mailbox is at its capacity; retry later or use
+    /// [`AgentRef::send_wait`] to wait for room. Counted as `rejected`.
+    #[error("agent {path} is at its mailbox capacity of {capacity}; retry later or use send_wait for backpressure")]
+    Full {
+        /// The message, given back.
+        msg: M,
+        /// The agent.
+        path: Path,
+        /// Its capacity.
+        capacity: u64,
+    },
     /// No agent has that address.
     #[error("no agent at {addr:?}; use a full path or tier/index, e.g. \"monitor/3\"")]
     NoSuchAgent {
@@ -414,6 +504,7 @@ impl<M> SendError<M> {
         match self {
             SendError::ShuttingDown { msg }
             | SendError::Closed { msg, .. }
+            | SendError::Full { msg, .. }
             | SendError::NoSuchAgent { msg, .. } => msg,
         }
     }
@@ -423,6 +514,11 @@ impl<M> fmt::Debug for SendError<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SendError::ShuttingDown { .. } => f.write_str("ShuttingDown { .. }"),
+            SendError::Full { path, capacity, .. } => f
+                .debug_struct("Full")
+                .field("path", path)
+                .field("capacity", capacity)
+                .finish_non_exhaustive(),
             SendError::NoSuchAgent { addr, .. } => f
                 .debug_struct("NoSuchAgent")
                 .field("addr", addr)

@@ -182,7 +182,7 @@ impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
         match msg {
             NodeMsg::Task(task) => {
                 self.on_task(task, st);
-                bump(&st.node.slot.stats.own.settled);
+                st.node.slot.settle();
             }
             NodeMsg::Escalation(task) => {
                 let reason = format!(
@@ -191,7 +191,7 @@ impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
                     L::KIND
                 );
                 st.node.shared.fail(&st.node.slot, task.head, &reason);
-                bump(&st.node.slot.stats.own.settled);
+                st.node.slot.settle();
             }
             NodeMsg::ChildExit { reply, .. } => {
                 let _ = reply.send(Directive::Stop {

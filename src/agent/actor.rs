@@ -91,7 +91,7 @@ impl<A: Agent> Actor for AgentActor<A> {
                 let exit = state.on_task(task, &myself).await;
                 // settled as soon as the task has its outcome: a kill during the exit
                 // below must not count it lost
-                bump(&state.ctx.slot.stats.own.settled);
+                state.ctx.slot.settle();
                 if exit {
                     state.exit_normally(&myself).await;
                 }
@@ -102,7 +102,7 @@ impl<A: Agent> Actor for AgentActor<A> {
                     state.ctx.path()
                 );
                 state.fail(task.head, &reason);
-                bump(&state.ctx.slot.stats.own.settled);
+                state.ctx.slot.settle();
             }
             NodeMsg::ChildExit { reply, .. } => {
                 let _ = reply.send(Directive::Stop {

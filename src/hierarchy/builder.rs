@@ -32,6 +32,7 @@ pub struct Tier<M> {
     kind: TierKind<M>,
     threshold: Option<Threshold>,
     restart: RestartPolicy,
+    mailbox: Option<u64>,
 }
 
 pub(crate) enum TierKind<M> {
@@ -65,6 +66,7 @@ impl<M: crate::Message> Tier<M> {
             })),
             threshold: None,
             restart: RestartPolicy::Permanent,
+            mailbox: None,
         }
     }
 
@@ -79,6 +81,7 @@ impl<M: crate::Message> Tier<M> {
             kind: TierKind::Pipeline(cfg),
             threshold: None,
             restart: RestartPolicy::Permanent,
+            mailbox: None,
         }
     }
 
@@ -94,6 +97,7 @@ impl<M: crate::Message> Tier<M> {
             kind: TierKind::Router(cfg),
             threshold: None,
             restart: RestartPolicy::Permanent,
+            mailbox: None,
         }
     }
 
@@ -101,6 +105,13 @@ impl<M: crate::Message> Tier<M> {
     /// the hierarchy's default).
     pub fn escalate_at(mut self, threshold: Threshold) -> Self {
         self.threshold = Some(threshold);
+        self
+    }
+
+    /// Mailbox capacity of this tier's agents for external work (overrides the
+    /// hierarchy's [`HierarchyBuilder::mailbox_capacity`]).
+    pub fn mailbox(mut self, capacity: u64) -> Self {
+        self.mailbox = Some(capacity.max(1));
         self
     }
 
@@ -121,6 +132,7 @@ pub struct HierarchyBuilder<M> {
     backoff: Option<Backoff>,
     max_attempts: u32,
     seed: u64,
+    mailbox: Option<u64>,
     tiers: Vec<Tier<M>>,
 }
 
@@ -144,6 +156,7 @@ impl<M: crate::Message> HierarchyBuilder<M> {
             backoff: None,
             max_attempts: 3,
             seed: 0,
+            mailbox: None,
             tiers: Vec::new(),
         }
     }
@@ -185,6 +198,16 @@ impl<M: crate::Message> HierarchyBuilder<M> {
     /// fails (default 3; at least 1). With 1, no copy of the message is kept.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Bound every agent's mailbox for external work: once `capacity` tasks are queued
+    /// or running, [`crate::AgentRef::send`] and `call` return `SendError::Full` (counted
+    /// as `rejected`) and [`crate::AgentRef::send_wait`] waits for room. Internal traffic
+    /// (escalations, forwards, router and pipeline branches) is never refused, so a
+    /// supervisor can never block on a full child. Default: unbounded.
+    pub fn mailbox_capacity(mut self, capacity: u64) -> Self {
+        self.mailbox = Some(capacity.max(1));
         self
     }
 
@@ -519,6 +542,7 @@ impl<M: crate::Message> Plan<'_, M> {
         let tier = m.tier;
         let j = m.index;
         let path = prefix.child(&tier.name, j);
+        let capacity = tier.mailbox.or(self.b.mailbox).unwrap_or(0);
         let tier_name: Arc<str> = Arc::from(tier.name.as_str());
         let lead = |slot: Arc<Slot<M>>, spawner: Arc<dyn SpawnAgent<M>>| {
             Arc::new(NodeSpec {
@@ -535,6 +559,9 @@ impl<M: crate::Message> Plan<'_, M> {
         match &tier.kind {
             TierKind::Agents(spawner) => {
                 let agent_slot = self.addressable(&path, &tier.name, j, level, Role::Agent);
+                agent_slot
+                    .capacity
+                    .store(capacity, std::sync::atomic::Ordering::Relaxed);
                 let agent = lead(agent_slot, spawner.clone());
                 let Some((below, rest)) = m.rest.split_first() else {
                     return Ok(agent);
@@ -555,6 +582,9 @@ impl<M: crate::Message> Plan<'_, M> {
             }
             TierKind::Router(cfg) => {
                 let router_slot = self.addressable(&path, &tier.name, j, level, Role::Router);
+                router_slot
+                    .capacity
+                    .store(capacity, std::sync::atomic::Ordering::Relaxed);
                 let members: Vec<Member<'_, M>> = cfg
                     .workers
                     .iter()
@@ -597,6 +627,9 @@ impl<M: crate::Message> Plan<'_, M> {
             }
             TierKind::Pipeline(cfg) => {
                 let pipe_slot = self.addressable(&path, &tier.name, j, level, Role::Pipeline);
+                pipe_slot
+                    .capacity
+                    .store(capacity, std::sync::atomic::Ordering::Relaxed);
                 let chain = stage_chain(&cfg.stages);
                 let members: Vec<Member<'_, M>> = chain
                     .iter()

@@ -153,7 +153,7 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
         match msg {
             NodeMsg::Escalation(task) => {
                 state.on_escalation(task);
-                bump(&state.slot.stats.own.settled);
+                state.slot.settle();
             }
             NodeMsg::Task(task) => {
                 let reason = format!(
@@ -161,7 +161,7 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
                     state.slot.path
                 );
                 state.shared.fail(&state.slot, task.head, &reason);
-                bump(&state.slot.stats.own.settled);
+                state.slot.settle();
             }
             NodeMsg::ChildExit {
                 child,
