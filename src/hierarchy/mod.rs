@@ -91,7 +91,7 @@ pub enum BuildError {
     /// A supervisor would have more direct reports than the span of control allows.
     #[error(
         "span of control exceeded: {team} would have {reports} direct reports and the limit is {limit}; \
-         raise the limit, add agents to the tier above, or use SpanOfControl::auto_split"
+         raise the limit, add agents to the tier above, or use SpanOfControl::auto_split (auto_split = true in a scenario's [hierarchy])"
     )]
     SpanOfControl {
         /// The supervisor.

@@ -335,15 +335,16 @@ impl Scenario {
     /// [`ScenarioError`] naming the file, line and field.
     pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
         let scenario: Scenario = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_string();
             let (line, field) = match e.span() {
-                Some(span) => locate(text, span.start),
+                Some(span) => locate(text, span.start, &message),
                 None => (0, String::from("(document)")),
             };
             ScenarioError {
                 file: path.to_path_buf(),
                 line,
                 field,
-                message: e.message().trim().to_string(),
+                message,
             }
         })?;
         scenario
@@ -563,35 +564,73 @@ impl Scenario {
     }
 }
 
-/// Line (1-based) of byte `offset`, and the field there: `[table].key`.
-fn locate(text: &str, offset: usize) -> (usize, String) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let mut table = String::new();
-    for l in before.lines() {
-        let l = l.trim();
-        if l.starts_with('[') {
-            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+/// The code of a line without its comment (a `#` outside a string).
+fn code(line: &str) -> &str {
+    let mut in_str = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => in_str = !in_str,
+            '#' if !in_str => return line[..i].trim(),
+            _ => {}
         }
     }
-    let current = text[before.rfind('\n').map_or(0, |i| i + 1)..]
-        .lines()
-        .next()
-        .unwrap_or("");
-    let key = current
-        .split('=')
-        .next()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && !k.starts_with('['))
-        .unwrap_or("");
-    let field = match (table.is_empty(), key.is_empty()) {
+    line.trim()
+}
+
+/// `[hierarchy]` or `[[tiers]]` (comment already removed) → `hierarchy` / `tiers`.
+fn header(code: &str) -> Option<String> {
+    code.starts_with('[').then(|| {
+        code.trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_string()
+    })
+}
+
+/// Line (1-based; 0 for the document as a whole) and field for a parse error at byte
+/// `offset` with `message`.
+fn locate(text: &str, offset: usize, message: &str) -> (usize, String) {
+    let offset = offset.min(text.len());
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    let this = code(line_text);
+    // the table in force at this line: the last header at or before it
+    let mut table = String::new();
+    for l in text[..line_start].lines() {
+        if let Some(h) = header(code(l)) {
+            table = h;
+        }
+    }
+    let on_header = header(this);
+    if let Some(h) = &on_header {
+        table = h.clone();
+    }
+    let join = |key: &str| match (table.is_empty(), key.is_empty()) {
         (true, true) => "(document)".to_string(),
         (true, false) => key.to_string(),
-        (false, true) => table,
+        (false, true) => table.clone(),
         (false, false) => format!("{table}.{key}"),
     };
-    (line, field)
+    let line = text[..offset].matches('\n').count() + 1;
+    if let Some(field) = missing {
+        // a missing top-level field is reported against the whole document (line 0);
+        // one missing inside a table, against that table's header
+        return if on_header.is_some() {
+            (line, join(field))
+        } else if offset == 0 || table.is_empty() {
+            (0, field.to_string())
+        } else {
+            (line, join(field))
+        };
+    }
+    let key = if on_header.is_none() {
+        this.split('=').next().map(str::trim).unwrap_or("")
+    } else {
+        ""
+    };
+    (line, join(key))
 }
 
 /// Line of a field path like `tiers[2].count` or `support.pools.billing`, found in the
@@ -603,6 +642,7 @@ fn line_of_field(text: &str, field: &str) -> usize {
     let mut span = doc.span();
     let mut value: Option<&toml::de::DeValue<'_>>;
     let mut table: Option<&toml::de::DeTable<'_>> = Some(doc.get_ref());
+    let mut found = false;
     for part in field.split('.') {
         let (key, index) = match part.split_once('[') {
             Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
@@ -610,6 +650,7 @@ fn line_of_field(text: &str, field: &str) -> usize {
         };
         let Some(t) = table else { break };
         let Some(entry) = t.get(key) else { break };
+        found = true;
         span = entry.span();
         value = Some(entry.get_ref());
         if let (Some(i), Some(toml::de::DeValue::Array(items))) = (index, value) {
@@ -625,6 +666,9 @@ fn line_of_field(text: &str, field: &str) -> usize {
             Some(toml::de::DeValue::Table(t)) => Some(t),
             _ => None,
         };
+    }
+    if !found {
+        return 0;
     }
     text[..span.start.min(text.len())].matches('\n').count() + 1
 }
