@@ -295,13 +295,25 @@ impl<M: crate::Message> AgentRef<M> {
     /// # Cancel safety
     /// Dropping the future before it resolves sends nothing.
     pub async fn send_wait(&self, msg: M) -> Result<TaskId, SendError<M>> {
-        loop {
-            if self.slot.full().is_none() {
-                return self.submit(msg, None, true);
-            }
-            if !self.shared.accepting() {
-                return Err(SendError::ShuttingDown { msg });
-            }
+        self.wait_for_room().await;
+        self.submit(msg, None, true)
+    }
+
+    /// [`AgentRef::call`] with backpressure: wait while the mailbox is at its capacity,
+    /// then submit and wait for the outcome.
+    ///
+    /// # Errors
+    /// As [`AgentRef::call`], except that it never returns [`SendError::Full`].
+    pub async fn call_wait(&self, msg: M) -> Result<Outcome<M>, SendError<M>> {
+        self.wait_for_room().await;
+        let (tx, rx) = oneshot::channel();
+        let id = self.submit(msg, Some(tx), true)?;
+        Ok(rx.await.unwrap_or_else(|_| self.lost(id)))
+    }
+
+    /// Wait until the mailbox has room (or the slot closes or the hierarchy stops).
+    async fn wait_for_room(&self) {
+        while self.slot.full().is_some() && self.shared.accepting() && !self.slot.is_closed() {
             let notified = self.slot.room.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
@@ -311,10 +323,18 @@ impl<M: crate::Message> AgentRef<M> {
                 notified.await;
             }
             self.slot.waiters.fetch_sub(1, Ordering::AcqRel);
-            if self.slot.is_closed() {
-                return self.submit(msg, None, true);
-            }
         }
+    }
+
+    fn lost(&self, id: TaskId) -> Outcome<M> {
+        Outcome::Failed(crate::envelope::Failure {
+            task: id,
+            kind: crate::envelope::FailureKind::Lost,
+            at: self.slot.path.clone(),
+            attempts: 0,
+            reason: "the task was lost with its agent's actor; it is counted as failed".to_string(),
+            trail: Vec::new(),
+        })
     }
 
     fn refuse_full(&self, msg: M, capacity: u64) -> SendError<M> {
@@ -340,17 +360,7 @@ impl<M: crate::Message> AgentRef<M> {
         }
         let (tx, rx) = oneshot::channel();
         let id = self.submit(msg, Some(tx), true)?;
-        Ok(rx.await.unwrap_or_else(|_| {
-            Outcome::Failed(crate::envelope::Failure {
-                task: id,
-                kind: crate::envelope::FailureKind::Lost,
-                at: self.slot.path.clone(),
-                attempts: 0,
-                reason: "the task was lost with its agent's actor; it is counted as failed"
-                    .to_string(),
-                trail: Vec::new(),
-            })
-        }))
+        Ok(rx.await.unwrap_or_else(|_| self.lost(id)))
     }
 
     /// Fault injection: kill this agent's current actor outright, as if its process

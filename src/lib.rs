@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod router;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod soak;
 pub mod supervisor;
 
 pub use accounting::Counters;

@@ -46,11 +46,34 @@ enum Command {
         /// The scenario file.
         file: PathBuf,
     },
+    /// Chaos soak: push tasks through a three-level hierarchy and a pipeline with a
+    /// broadcast stage while handlers panic at random and one team keeps failing past
+    /// its restart intensity; print the accounting (lost must be 0).
+    Soak {
+        /// How many tasks.
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: u64,
+        /// Probability that a handler call panics.
+        #[arg(long, default_value_t = 0.01)]
+        panic_rate: f64,
+        /// Seed for the panics and the workload.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Soak {
+            tasks,
+            panic_rate,
+            seed,
+            json,
+        } => soak(tasks, panic_rate, seed, json),
         Command::Validate { file } => match Scenario::load(&file) {
             Ok(s) => {
                 println!(
@@ -134,5 +157,78 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn soak(tasks: u64, panic_rate: f64, seed: u64, json: bool) -> ExitCode {
+    if !(0.0..=1.0).contains(&panic_rate) {
+        eprintln!("echelon: --panic-rate {panic_rate} must be between 0 and 1");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("echelon: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let cfg = echelon::soak::SoakConfig {
+        tasks,
+        panic_rate,
+        seed,
+        ..Default::default()
+    };
+    let report = match rt.block_on(echelon::soak::run(&cfg)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("echelon: the soak could not start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(t) => println!("{t}"),
+            Err(e) => {
+                eprintln!("echelon: cannot encode the report: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        let (c, e, f) = report.outcomes;
+        let h = report.hierarchy;
+        let p = report.pipeline;
+        println!(
+            "soak: {} tasks, panic rate {panic_rate}, seed {seed}, {:.1}s",
+            report.tasks, report.seconds
+        );
+        println!(
+            "callers saw: {c} completed, {e} escalated, {f} failed ({} without a reason)",
+            report.failures_without_reason
+        );
+        println!(
+            "hierarchy: submitted {} = completed {} + escalated {} + failed {}; restarts {}, failure escalations {}, rejected {}",
+            h.submitted, h.completed, h.escalated, h.failed, h.restarts, h.failure_escalations, h.rejected
+        );
+        println!(
+            "pipeline:  submitted {} = completed {} + escalated {} + failed {}; restarts {}",
+            p.submitted, p.completed, p.escalated, p.failed, p.restarts
+        );
+        println!(
+            "memory: {} kB resident before, {} kB after the drain",
+            report.rss_before_kb, report.rss_after_kb
+        );
+        for f in &report.failures {
+            println!("FAILED: {f}");
+        }
+        println!("refused at the door: {}", report.refused);
+        println!("lost: {}", report.lost);
+    }
+    if report.lost == 0 && report.failures_without_reason == 0 && report.refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

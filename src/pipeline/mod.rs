@@ -169,6 +169,7 @@ impl Pipeline {
             },
             seed: 0,
             max_attempts: 1,
+            restart: None,
         }
     }
 }
@@ -179,6 +180,7 @@ pub struct PipelineBuilder<M> {
     cfg: PipelineConfig<M>,
     seed: u64,
     max_attempts: u32,
+    restart: Option<(crate::Strategy, crate::Intensity)>,
 }
 
 impl<M> fmt::Debug for PipelineBuilder<M> {
@@ -223,6 +225,13 @@ impl<M: crate::Message> PipelineBuilder<M> {
         self
     }
 
+    /// Restart strategy and intensity for the stage nodes (standalone pipelines; in a
+    /// hierarchy, the hierarchy's apply). Default: the hierarchy default.
+    pub fn restart(mut self, strategy: crate::Strategy, intensity: crate::Intensity) -> Self {
+        self.restart = Some((strategy, intensity));
+        self
+    }
+
     /// Use this pipeline as a tier of a hierarchy: `count` pipelines named after it.
     pub fn into_tier(self, count: usize) -> Tier<M> {
         Tier::pipeline(self.name, count, Arc::new(self.cfg))
@@ -235,10 +244,14 @@ impl<M: crate::Message> PipelineBuilder<M> {
     /// [`BuildError::EmptyTier`].
     pub async fn spawn(self) -> Result<PipelineHandle<M>, BuildError> {
         let name = self.name.clone();
-        let hierarchy = Hierarchy::builder(name)
+        let mut b = Hierarchy::builder(name)
             .seed(self.seed)
             .max_attempts(self.max_attempts)
-            .span(crate::SpanOfControl::auto_split(64))
+            .span(crate::SpanOfControl::auto_split(64));
+        if let Some((strategy, intensity)) = self.restart {
+            b = b.restart(strategy, intensity);
+        }
+        let hierarchy = b
             .tier_with(Tier::pipeline("pipeline", 1, Arc::new(self.cfg)))
             .spawn()
             .await?;

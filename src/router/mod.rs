@@ -86,6 +86,7 @@ impl Router {
             },
             seed: 0,
             max_attempts: 3,
+            restart: None,
         }
     }
 }
@@ -96,6 +97,7 @@ pub struct RouterBuilder<M> {
     cfg: RouterConfig<M>,
     seed: u64,
     max_attempts: u32,
+    restart: Option<(crate::Strategy, crate::Intensity)>,
 }
 
 impl<M> fmt::Debug for RouterBuilder<M> {
@@ -187,6 +189,13 @@ impl<M: crate::Message> RouterBuilder<M> {
         self
     }
 
+    /// Restart strategy and intensity for the workers (standalone routers; in a
+    /// hierarchy, the hierarchy's apply). Default: the hierarchy default.
+    pub fn restart(mut self, strategy: crate::Strategy, intensity: crate::Intensity) -> Self {
+        self.restart = Some((strategy, intensity));
+        self
+    }
+
     /// Use this router as a tier of a hierarchy: `count` routers, each with its own
     /// workers, named after the router.
     pub fn into_tier(self, count: usize) -> Tier<M> {
@@ -200,10 +209,14 @@ impl<M: crate::Message> RouterBuilder<M> {
     /// [`BuildError::EmptyTier`].
     pub async fn spawn(self) -> Result<RouterHandle<M>, BuildError> {
         let name = self.name.clone();
-        let hierarchy = Hierarchy::builder(name.clone())
+        let mut b = Hierarchy::builder(name.clone())
             .seed(self.seed)
             .max_attempts(self.max_attempts)
-            .span(crate::SpanOfControl::auto_split(64))
+            .span(crate::SpanOfControl::auto_split(64));
+        if let Some((strategy, intensity)) = self.restart {
+            b = b.restart(strategy, intensity);
+        }
+        let hierarchy = b
             .tier_with(Tier::router("router", 1, Arc::new(self.cfg)))
             .spawn()
             .await?;
