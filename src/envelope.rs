@@ -52,6 +52,18 @@ impl Path {
     }
 }
 
+impl From<&str> for Path {
+    fn from(s: &str) -> Self {
+        Path::new(s)
+    }
+}
+
+impl From<String> for Path {
+    fn from(s: String) -> Self {
+        Path::new(s)
+    }
+}
+
 impl fmt::Debug for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

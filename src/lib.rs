@@ -14,6 +14,7 @@ pub mod accounting;
 pub mod address;
 pub mod agent;
 pub mod budget;
+pub mod codec;
 pub mod envelope;
 pub mod hierarchy;
 pub(crate) mod lead;
