@@ -31,8 +31,8 @@ async fn loaded() -> (Hierarchy<Job>, Vec<tokio::task::JoinHandle<Outcome<Job>>>
         .tier("w", 64, |_| Worker)
         .spawn()
         .await
-        .unwrap();
-    let agents = h.tier("w").unwrap();
+        .expect("spawn");
+    let agents = h.tier("w").expect("the tier");
     let calls = (0..10_000)
         .map(|i| {
             let a = agents[i % agents.len()].clone();
@@ -49,7 +49,10 @@ async fn loaded() -> (Hierarchy<Job>, Vec<tokio::task::JoinHandle<Outcome<Job>>>
 async fn outcomes(calls: Vec<tokio::task::JoinHandle<Outcome<Job>>>) -> (u64, u64) {
     let (mut done, mut failed) = (0, 0);
     for c in calls {
-        match within(60, "every caller's outcome", c).await.unwrap() {
+        match within(60, "every caller's outcome", c)
+            .await
+            .expect("the caller task")
+        {
             Outcome::Completed { .. } => done += 1,
             Outcome::Failed(f) => {
                 assert!(!f.reason.is_empty());
