@@ -13,6 +13,8 @@
 pub mod accounting;
 pub mod address;
 pub mod agent;
+#[cfg(feature = "sim")]
+pub mod bench;
 pub mod budget;
 pub mod codec;
 pub mod envelope;

@@ -46,6 +46,16 @@ enum Command {
         /// The scenario file.
         file: PathBuf,
     },
+    /// Benchmarks: each workload three ways (raw tokio, raw ractor, echelon), medians
+    /// with min and max, and echelon's cost relative to each reference.
+    Bench {
+        /// Small sizes (seconds, for a smoke run).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the rows as JSON to this file.
+        #[arg(long, value_name = "OUT")]
+        json: Option<PathBuf>,
+    },
     /// Chaos soak: push tasks through a three-level hierarchy and a pipeline with a
     /// broadcast stage while handlers panic at random and one team keeps failing past
     /// its restart intensity; print the accounting (lost must be 0).
@@ -68,6 +78,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench { quick, json } => bench(quick, json),
         Command::Soak {
             tasks,
             panic_rate,
@@ -231,4 +242,47 @@ fn soak(tasks: u64, panic_rate: f64, seed: u64, json: bool) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+fn bench(quick: bool, json: Option<PathBuf>) -> ExitCode {
+    // two workers: the reference figures in the brief were measured that way
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("echelon: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let cfg = if quick {
+        echelon::bench::BenchConfig::quick()
+    } else {
+        echelon::bench::BenchConfig::full()
+    };
+    // run on a worker thread, not in block_on's future, so wake-ups stay on the pool
+    let rows = match rt.block_on(async { tokio::spawn(echelon::bench::run(cfg)).await }) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("echelon: the benchmark task failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    print!("{}", echelon::bench::table(&rows));
+    if let Some(path) = json {
+        let text = match serde_json::to_string_pretty(&rows) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("echelon: cannot encode the rows: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("echelon: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }

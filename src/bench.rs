@@ -1,0 +1,501 @@
+//! `echelon bench`: each workload run three ways in one process — raw tokio channels
+//! (the floor), raw ractor actors (what echelon adds to), echelon — with the median of
+//! several repetitions and the ratios echelon/ractor and echelon/tokio.
+//!
+//! Workloads so far: W1 one-way throughput, W2 request/reply round trip, W3 spawning a
+//! hierarchy (span 10) with resident bytes per agent, W6 crash-to-serving latency.
+
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Agent, AgentError, Ctx, Hierarchy, Intensity, SpanOfControl, Strategy, Verdict};
+
+/// Sizes and repetitions.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchConfig {
+    /// W1 messages.
+    pub one_way: u64,
+    /// W2 round trips.
+    pub round_trips: u64,
+    /// W3 agents.
+    pub agents: usize,
+    /// W6 restarts.
+    pub restarts: u64,
+    /// Repetitions per measurement (the median is reported).
+    pub reps: usize,
+}
+
+impl BenchConfig {
+    /// The full sizes of issue 5 (a few minutes on two cores).
+    pub fn full() -> Self {
+        BenchConfig {
+            one_way: 2_000_000,
+            round_trips: 200_000,
+            agents: 100_000,
+            restarts: 2_000,
+            reps: 5,
+        }
+    }
+
+    /// Small sizes for a smoke run (and the test that keeps this command working).
+    pub fn quick() -> Self {
+        BenchConfig {
+            one_way: 50_000,
+            round_trips: 5_000,
+            agents: 2_000,
+            restarts: 100,
+            reps: 3,
+        }
+    }
+}
+
+/// One measured quantity, three ways.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// Workload and quantity, e.g. "W1 one-way msgs/s".
+    pub name: String,
+    /// The unit.
+    pub unit: String,
+    /// Higher is better (throughput) or lower is better (latency, time, bytes).
+    pub higher_is_better: bool,
+    /// (min, median, max) per implementation, if measured.
+    pub tokio: Option<(f64, f64, f64)>,
+    /// Raw ractor.
+    pub ractor: Option<(f64, f64, f64)>,
+    /// echelon.
+    pub echelon: Option<(f64, f64, f64)>,
+}
+
+impl Row {
+    /// echelon's median relative to ractor's, as a cost factor (>1 = echelon slower).
+    pub fn vs_ractor(&self) -> Option<f64> {
+        self.factor(self.ractor)
+    }
+
+    /// echelon's median relative to tokio's, as a cost factor.
+    pub fn vs_tokio(&self) -> Option<f64> {
+        self.factor(self.tokio)
+    }
+
+    fn factor(&self, base: Option<(f64, f64, f64)>) -> Option<f64> {
+        let (b, e) = (base?.1, self.echelon?.1);
+        if b <= 0.0 || e <= 0.0 {
+            return None;
+        }
+        Some(if self.higher_is_better { b / e } else { e / b })
+    }
+}
+
+fn stats(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some((v[0], v[v.len() / 2], v[v.len() - 1]))
+}
+
+async fn reps<F, Fut>(n: usize, mut f: F) -> Option<(f64, f64, f64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        v.push(f().await);
+    }
+    stats(v)
+}
+
+// ---- W1: one-way throughput -------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Bump {
+    Add(u64),
+    Done,
+}
+
+async fn w1_tokio(n: u64) -> f64 {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bump>();
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Some(m) = rx.recv().await {
+            match m {
+                Bump::Add(v) => sum = sum.wrapping_add(v),
+                Bump::Done => break,
+            }
+        }
+        let _ = done_tx.send(sum);
+    });
+    let t = Instant::now();
+    for i in 0..n {
+        let _ = tx.send(Bump::Add(i));
+    }
+    let _ = tx.send(Bump::Done);
+    let _ = done_rx.await;
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+struct RawSum;
+enum RawMsg {
+    Add(u64),
+    Done(oneshot::Sender<u64>),
+    Ping(RpcReplyPort<u64>),
+}
+
+impl Actor for RawSum {
+    type Msg = RawMsg;
+    type State = u64;
+    type Arguments = ();
+    async fn pre_start(&self, _: ActorRef<RawMsg>, _: ()) -> Result<u64, ActorProcessingErr> {
+        Ok(0)
+    }
+    async fn handle(
+        &self,
+        _: ActorRef<RawMsg>,
+        m: RawMsg,
+        s: &mut u64,
+    ) -> Result<(), ActorProcessingErr> {
+        match m {
+            RawMsg::Add(v) => *s = s.wrapping_add(v),
+            RawMsg::Done(tx) => {
+                let _ = tx.send(*s);
+            }
+            RawMsg::Ping(reply) => {
+                let _ = reply.send(*s);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn w1_ractor(n: u64) -> f64 {
+    let Ok((a, h)) = Actor::spawn(None, RawSum, ()).await else {
+        return 0.0;
+    };
+    let t = Instant::now();
+    for i in 0..n {
+        let _ = a.send_message(RawMsg::Add(i));
+    }
+    let (tx, rx) = oneshot::channel();
+    let _ = a.send_message(RawMsg::Done(tx));
+    let _ = rx.await;
+    let r = n as f64 / t.elapsed().as_secs_f64();
+    a.stop(None);
+    let _ = h.await;
+    r
+}
+
+struct Sum(u64);
+
+impl Agent for Sum {
+    type Msg = Bump;
+    async fn handle(&mut self, _: &mut Ctx<Bump>, m: Bump) -> Result<Verdict<Bump>, AgentError> {
+        match m {
+            Bump::Add(v) => {
+                self.0 = self.0.wrapping_add(v);
+                Ok(Verdict::Done)
+            }
+            Bump::Done => Ok(Verdict::Reply(Bump::Add(self.0))),
+        }
+    }
+}
+
+async fn w1_echelon(n: u64) -> f64 {
+    let Ok(h) = Hierarchy::builder("w1")
+        .max_attempts(1)
+        .tier("sum", 1, |_| Sum(0))
+        .spawn()
+        .await
+    else {
+        return 0.0;
+    };
+    let Ok(a) = h.agent("sum/0") else { return 0.0 };
+    let t = Instant::now();
+    for i in 0..n {
+        let _ = a.send(Bump::Add(i));
+    }
+    let _ = a.call(Bump::Done).await;
+    let r = n as f64 / t.elapsed().as_secs_f64();
+    let _ = h.shutdown(Duration::from_secs(10)).await;
+    r
+}
+
+// ---- W2: request / reply ----------------------------------------------------------
+
+async fn w2_tokio(n: u64) -> f64 {
+    let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<u64>>();
+    tokio::spawn(async move {
+        let mut k = 0u64;
+        while let Some(reply) = rx.recv().await {
+            k += 1;
+            let _ = reply.send(k);
+        }
+    });
+    let t = Instant::now();
+    for _ in 0..n {
+        let (r, w) = oneshot::channel();
+        let _ = tx.send(r);
+        let _ = w.await;
+    }
+    t.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+async fn w2_ractor(n: u64) -> f64 {
+    let Ok((a, h)) = Actor::spawn(None, RawSum, ()).await else {
+        return 0.0;
+    };
+    let t = Instant::now();
+    for _ in 0..n {
+        let _ = a.call(RawMsg::Ping, None).await;
+    }
+    let r = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    a.stop(None);
+    let _ = h.await;
+    r
+}
+
+async fn w2_echelon(n: u64) -> f64 {
+    let Ok(h) = Hierarchy::builder("w2")
+        .max_attempts(1)
+        .tier("sum", 1, |_| Sum(0))
+        .spawn()
+        .await
+    else {
+        return 0.0;
+    };
+    let Ok(a) = h.agent("sum/0") else { return 0.0 };
+    let t = Instant::now();
+    for _ in 0..n {
+        let _ = a.call(Bump::Done).await;
+    }
+    let r = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let _ = h.shutdown(Duration::from_secs(10)).await;
+    r
+}
+
+// ---- W3: spawn --------------------------------------------------------------------
+
+/// (seconds to spawn, bytes per agent, seconds to shut down)
+async fn w3_echelon(n: usize) -> (f64, f64, f64) {
+    let before = crate::soak::rss_kb();
+    let t = Instant::now();
+    let Ok(h) = Hierarchy::builder("w3")
+        .span(SpanOfControl::auto_split(10))
+        .tier("a", n, |_| Sum(0))
+        .spawn()
+        .await
+    else {
+        return (0.0, 0.0, 0.0);
+    };
+    let spawn = t.elapsed().as_secs_f64();
+    let bytes = (crate::soak::rss_kb().saturating_sub(before) * 1024) as f64 / n as f64;
+    let t = Instant::now();
+    let _ = h.shutdown(Duration::from_secs(60)).await;
+    (spawn, bytes, t.elapsed().as_secs_f64())
+}
+
+async fn w3_ractor(n: usize) -> (f64, f64, f64) {
+    let before = crate::soak::rss_kb();
+    let t = Instant::now();
+    let mut actors = Vec::with_capacity(n);
+    for _ in 0..n {
+        if let Ok(a) = Actor::spawn(None, RawSum, ()).await {
+            actors.push(a);
+        }
+    }
+    let spawn = t.elapsed().as_secs_f64();
+    let bytes = (crate::soak::rss_kb().saturating_sub(before) * 1024) as f64 / n as f64;
+    let t = Instant::now();
+    for (a, h) in actors {
+        a.stop(None);
+        let _ = h.await;
+    }
+    (spawn, bytes, t.elapsed().as_secs_f64())
+}
+
+async fn w3_tokio(n: usize) -> (f64, f64, f64) {
+    let before = crate::soak::rss_kb();
+    let t = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+        let h = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        tasks.push((tx, h));
+    }
+    let spawn = t.elapsed().as_secs_f64();
+    let bytes = (crate::soak::rss_kb().saturating_sub(before) * 1024) as f64 / n as f64;
+    let t = Instant::now();
+    for (tx, h) in tasks {
+        drop(tx);
+        let _ = h.await;
+    }
+    (spawn, bytes, t.elapsed().as_secs_f64())
+}
+
+// ---- W6: crash → restarted → serving ---------------------------------------------
+
+struct Fragile;
+
+impl Agent for Fragile {
+    type Msg = Bump;
+    async fn handle(&mut self, _: &mut Ctx<Bump>, m: Bump) -> Result<Verdict<Bump>, AgentError> {
+        match m {
+            Bump::Done => panic!("bench: crash"),
+            Bump::Add(v) => Ok(Verdict::Reply(Bump::Add(v))),
+        }
+    }
+}
+
+/// Microseconds from sending a crashing message to the restarted agent's next reply.
+async fn w6_echelon(n: u64) -> f64 {
+    let Ok(h) = Hierarchy::builder("w6")
+        .max_attempts(1)
+        .restart(
+            Strategy::OneForOne,
+            Intensity::at_most(u32::MAX).per(Duration::from_secs(1)),
+        )
+        .tier("f", 1, |_| Fragile)
+        .spawn()
+        .await
+    else {
+        return 0.0;
+    };
+    let Ok(a) = h.agent("f/0") else { return 0.0 };
+    let t = Instant::now();
+    for i in 0..n {
+        let _ = a.send(Bump::Done);
+        let _ = a.call(Bump::Add(i)).await;
+    }
+    let r = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let _ = h.shutdown(Duration::from_secs(10)).await;
+    r
+}
+
+/// Run the workloads on the current runtime.
+pub async fn run(cfg: BenchConfig) -> Vec<Row> {
+    let r = cfg.reps;
+    let mut rows = Vec::new();
+    let row = |name: &str, unit: &str, hib: bool, t, ra, e| Row {
+        name: name.into(),
+        unit: unit.into(),
+        higher_is_better: hib,
+        tokio: t,
+        ractor: ra,
+        echelon: e,
+    };
+    rows.push(row(
+        "W1 one-way throughput",
+        "msgs/s",
+        true,
+        reps(r, || w1_tokio(cfg.one_way)).await,
+        reps(r, || w1_ractor(cfg.one_way)).await,
+        reps(r, || w1_echelon(cfg.one_way)).await,
+    ));
+    rows.push(row(
+        "W2 request/reply round trip",
+        "µs",
+        false,
+        reps(r, || w2_tokio(cfg.round_trips)).await,
+        reps(r, || w2_ractor(cfg.round_trips)).await,
+        reps(r, || w2_echelon(cfg.round_trips)).await,
+    ));
+    let (mut et, mut rt, mut tt) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..r.clamp(1, 3) {
+        tt.push(w3_tokio(cfg.agents).await);
+        rt.push(w3_ractor(cfg.agents).await);
+        et.push(w3_echelon(cfg.agents).await);
+    }
+    let pick =
+        |v: &[(f64, f64, f64)], k: usize| stats(v.iter().map(|x| [x.0, x.1, x.2][k]).collect());
+    rows.push(row(
+        &format!("W3 spawn {} agents", cfg.agents),
+        "µs/agent",
+        false,
+        pick(&tt, 0).map(|(a, b, c)| per(a, b, c, cfg.agents)),
+        pick(&rt, 0).map(|(a, b, c)| per(a, b, c, cfg.agents)),
+        pick(&et, 0).map(|(a, b, c)| per(a, b, c, cfg.agents)),
+    ));
+    rows.push(row(
+        "W3 resident bytes per agent",
+        "bytes",
+        false,
+        pick(&tt, 1),
+        pick(&rt, 1),
+        pick(&et, 1),
+    ));
+    rows.push(row(
+        &format!("W3 shut down {} agents", cfg.agents),
+        "s",
+        false,
+        pick(&tt, 2),
+        pick(&rt, 2),
+        pick(&et, 2),
+    ));
+    rows.push(row(
+        "W6 crash → restarted → serving",
+        "µs",
+        false,
+        None,
+        None,
+        reps(r, || w6_echelon(cfg.restarts)).await,
+    ));
+    rows
+}
+
+fn per(a: f64, b: f64, c: f64, n: usize) -> (f64, f64, f64) {
+    let k = 1e6 / n.max(1) as f64;
+    (a * k, b * k, c * k)
+}
+
+/// The rows as a table.
+pub fn table(rows: &[Row]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let cell = |v: Option<(f64, f64, f64)>| match v {
+        Some((lo, med, hi)) => format!("{} [{}–{}]", num(med), num(lo), num(hi)),
+        None => "—".to_string(),
+    };
+    let _ = writeln!(
+        s,
+        "{:<34} {:>9} {:>28} {:>28} {:>28} {:>10} {:>10}",
+        "workload (median [min–max])",
+        "unit",
+        "raw tokio",
+        "raw ractor",
+        "echelon",
+        "×ractor",
+        "×tokio"
+    );
+    for r in rows {
+        let f = |x: Option<f64>| x.map_or("—".to_string(), |x| format!("{x:.2}×"));
+        let _ = writeln!(
+            s,
+            "{:<34} {:>9} {:>28} {:>28} {:>28} {:>10} {:>10}",
+            r.name,
+            r.unit,
+            cell(r.tokio),
+            cell(r.ractor),
+            cell(r.echelon),
+            f(r.vs_ractor()),
+            f(r.vs_tokio())
+        );
+    }
+    s.push_str("×ractor, ×tokio: echelon's cost relative to the reference (1.00× = same; >1 = slower or bigger)\n");
+    s
+}
+
+fn num(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
