@@ -24,6 +24,12 @@ pub struct BenchConfig {
     pub agents: usize,
     /// W6 restarts.
     pub restarts: u64,
+    /// W4 broadcast requests.
+    pub broadcasts: u64,
+    /// W5 pipeline messages.
+    pub pipeline: u64,
+    /// W7 readings.
+    pub readings: u64,
     /// Repetitions per measurement (the median is reported).
     pub reps: usize,
 }
@@ -36,6 +42,9 @@ impl BenchConfig {
             round_trips: 200_000,
             agents: 100_000,
             restarts: 2_000,
+            broadcasts: 50_000,
+            pipeline: 500_000,
+            readings: 1_000_000,
             reps: 5,
         }
     }
@@ -47,6 +56,9 @@ impl BenchConfig {
             round_trips: 5_000,
             agents: 2_000,
             restarts: 100,
+            broadcasts: 1_000,
+            pipeline: 5_000,
+            readings: 20_000,
             reps: 3,
         }
     }
@@ -375,6 +387,264 @@ async fn w6_echelon(n: u64) -> f64 {
     r
 }
 
+// ---- W4: broadcast to 8 and gather all ---------------------------------------------
+
+const FAN: usize = 8;
+
+async fn w4_tokio(n: u64) -> f64 {
+    let mut workers = Vec::with_capacity(FAN);
+    for _ in 0..FAN {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, oneshot::Sender<u64>)>();
+        tokio::spawn(async move {
+            while let Some((v, reply)) = rx.recv().await {
+                let _ = reply.send(v + 1);
+            }
+        });
+        workers.push(tx);
+    }
+    let t = Instant::now();
+    for i in 0..n {
+        let mut replies = Vec::with_capacity(FAN);
+        for w in &workers {
+            let (tx, rx) = oneshot::channel();
+            let _ = w.send((i, tx));
+            replies.push(rx);
+        }
+        let mut sum = 0;
+        for r in replies {
+            sum += r.await.unwrap_or(0);
+        }
+        std::hint::black_box(sum);
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn w4_ractor(n: u64) -> f64 {
+    let mut actors = Vec::with_capacity(FAN);
+    for _ in 0..FAN {
+        if let Ok(a) = Actor::spawn(None, RawSum, ()).await {
+            actors.push(a);
+        }
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        let mut replies = Vec::with_capacity(FAN);
+        for (a, _) in &actors {
+            let (tx, rx) = oneshot::channel();
+            let _ = a.send_message(RawMsg::Ping(RpcReplyPort::from(tx)));
+            replies.push(rx);
+        }
+        let mut sum = 0u64;
+        for r in replies {
+            sum = sum.wrapping_add(r.await.unwrap_or(0));
+        }
+        std::hint::black_box(sum);
+    }
+    let r = n as f64 / t.elapsed().as_secs_f64();
+    for (a, h) in actors {
+        a.stop(None);
+        let _ = h.await;
+    }
+    r
+}
+
+async fn w4_echelon(n: u64) -> f64 {
+    let Ok(router) = crate::Router::builder("w4")
+        .workers("w", FAN, |_| Echo)
+        .route(crate::Route::Broadcast)
+        .gather(crate::Gather::all(|v: Vec<Bump>| {
+            Bump::Add(
+                v.iter()
+                    .map(|b| if let Bump::Add(x) = b { *x } else { 0 })
+                    .sum(),
+            )
+        }))
+        .max_attempts(1)
+        .spawn()
+        .await
+    else {
+        return 0.0;
+    };
+    let entry = router.entry().clone();
+    let t = Instant::now();
+    for i in 0..n {
+        let _ = entry.call(Bump::Add(i)).await;
+    }
+    let r = n as f64 / t.elapsed().as_secs_f64();
+    let _ = router.shutdown(Duration::from_secs(10)).await;
+    r
+}
+
+/// Replies with its input plus one.
+struct Echo;
+
+impl Agent for Echo {
+    type Msg = Bump;
+    async fn handle(&mut self, _: &mut Ctx<Bump>, m: Bump) -> Result<Verdict<Bump>, AgentError> {
+        Ok(Verdict::Reply(match m {
+            Bump::Add(v) => Bump::Add(v + 1),
+            Bump::Done => Bump::Done,
+        }))
+    }
+}
+
+// ---- W5: 10-stage pipeline ----------------------------------------------------------
+
+const STAGES: usize = 10;
+
+/// Throughput (msgs/s) for `n` messages, and latency per hop (µs) for one.
+async fn w5_tokio(n: u64) -> (f64, f64) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
+    let mut next = done_tx;
+    for _ in 0..STAGES {
+        let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+        let out = next;
+        tokio::spawn(async move {
+            while let Some(v) = rx.recv().await {
+                let _ = out.send(v + 1);
+            }
+        });
+        next = tx;
+    }
+    let first = next;
+    let t = Instant::now();
+    let _ = first.send(0);
+    let _ = done_rx.recv().await;
+    let hop = t.elapsed().as_secs_f64() * 1e6 / STAGES as f64;
+    let t = Instant::now();
+    for i in 0..n {
+        let _ = first.send(i);
+    }
+    for _ in 0..n {
+        let _ = done_rx.recv().await;
+    }
+    (n as f64 / t.elapsed().as_secs_f64(), hop)
+}
+
+struct Stage {
+    next: Option<ActorRef<u64>>,
+    done: mpsc::UnboundedSender<u64>,
+}
+
+impl Actor for Stage {
+    type Msg = u64;
+    type State = ();
+    type Arguments = ();
+    async fn pre_start(&self, _: ActorRef<u64>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+    async fn handle(&self, _: ActorRef<u64>, v: u64, _: &mut ()) -> Result<(), ActorProcessingErr> {
+        match &self.next {
+            Some(n) => {
+                let _ = n.send_message(v + 1);
+            }
+            None => {
+                let _ = self.done.send(v + 1);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn w5_ractor(n: u64) -> (f64, f64) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
+    let mut next: Option<ActorRef<u64>> = None;
+    let mut handles = Vec::new();
+    for _ in 0..STAGES {
+        let stage = Stage {
+            next: next.clone(),
+            done: done_tx.clone(),
+        };
+        let Ok((a, h)) = Actor::spawn(None, stage, ()).await else {
+            return (0.0, 0.0);
+        };
+        handles.push((a.clone(), h));
+        next = Some(a);
+    }
+    let Some(first) = next else { return (0.0, 0.0) };
+    let t = Instant::now();
+    let _ = first.send_message(0);
+    let _ = done_rx.recv().await;
+    let hop = t.elapsed().as_secs_f64() * 1e6 / STAGES as f64;
+    let t = Instant::now();
+    for i in 0..n {
+        let _ = first.send_message(i);
+    }
+    for _ in 0..n {
+        let _ = done_rx.recv().await;
+    }
+    let r = (n as f64 / t.elapsed().as_secs_f64(), hop);
+    for (a, h) in handles {
+        a.stop(None);
+        let _ = h.await;
+    }
+    r
+}
+
+async fn w5_echelon(n: u64) -> (f64, f64) {
+    let mut b = crate::Pipeline::builder("w5");
+    for i in 0..STAGES {
+        b = b.stage(crate::Stage::agent(format!("s{i}"), |_| Echo));
+    }
+    let Ok(p) = b.spawn().await else {
+        return (0.0, 0.0);
+    };
+    let entry = p.entry().clone();
+    let t = Instant::now();
+    let _ = entry.call(Bump::Add(0)).await;
+    let hop = t.elapsed().as_secs_f64() * 1e6 / STAGES as f64;
+    let t = Instant::now();
+    for i in 0..n {
+        let _ = entry.send(Bump::Add(i));
+    }
+    let _ = p.hierarchy().wait_idle(Duration::from_secs(600)).await;
+    let r = (n as f64 / t.elapsed().as_secs_f64(), hop);
+    let _ = p.shutdown(Duration::from_secs(10)).await;
+    r
+}
+
+// ---- W7: healthcare readings per second (wall clock) ---------------------------------
+
+async fn w7_echelon(n: u64) -> f64 {
+    use crate::sim::healthcare::{Decision, Diagnostic, Monitor, Reading, Ward};
+    let Ok(h) = Hierarchy::builder("w7")
+        .span(SpanOfControl::auto_split(8))
+        .max_attempts(1)
+        .tier("decision", 2, |_| Decision::new(0.75, Duration::ZERO))
+        .tier("diagnostic", 25, |_| Diagnostic::new(0.6, Duration::ZERO))
+        .tier("monitor", 1000, |_| Monitor::new(0.15))
+        .spawn()
+        .await
+    else {
+        return 0.0;
+    };
+    let monitors = h.tier("monitor").unwrap_or_default();
+    if monitors.is_empty() {
+        return 0.0;
+    }
+    let t = Instant::now();
+    for i in 0..n {
+        let p = (i % monitors.len() as u64) as u32;
+        // a normal reading, with an abnormal one now and then so all tiers work
+        let spo2 = if i % 97 == 0 { 85.0 } else { 97.0 };
+        let r = Reading {
+            patient: p,
+            at_ms: i,
+            hr: 75.0,
+            spo2,
+            sbp: 120.0,
+            temp: 36.8,
+            missed_dose: false,
+            episode: None,
+        };
+        let _ = monitors[p as usize].send(Ward::Reading(r));
+    }
+    let _ = h.wait_idle(Duration::from_secs(600)).await;
+    let r = n as f64 / t.elapsed().as_secs_f64();
+    let _ = h.shutdown(Duration::from_secs(10)).await;
+    r
+}
+
 /// Run the workloads on the current runtime.
 pub async fn run(cfg: BenchConfig) -> Vec<Row> {
     let r = cfg.reps;
@@ -436,12 +706,53 @@ pub async fn run(cfg: BenchConfig) -> Vec<Row> {
         pick(&et, 2),
     ));
     rows.push(row(
+        "W4 broadcast to 8, gather all",
+        "req/s",
+        true,
+        reps(r, || w4_tokio(cfg.broadcasts)).await,
+        reps(r, || w4_ractor(cfg.broadcasts)).await,
+        reps(r, || w4_echelon(cfg.broadcasts)).await,
+    ));
+    let (mut t5, mut r5, mut e5) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..r.clamp(1, 3) {
+        t5.push(w5_tokio(cfg.pipeline).await);
+        r5.push(w5_ractor(cfg.pipeline).await);
+        e5.push(w5_echelon(cfg.pipeline).await);
+    }
+    let two = |v: &[(f64, f64)], k: usize| {
+        stats(v.iter().map(|x| if k == 0 { x.0 } else { x.1 }).collect())
+    };
+    rows.push(row(
+        "W5 10-stage pipeline throughput",
+        "msgs/s",
+        true,
+        two(&t5, 0),
+        two(&r5, 0),
+        two(&e5, 0),
+    ));
+    rows.push(row(
+        "W5 latency per hop",
+        "µs",
+        false,
+        two(&t5, 1),
+        two(&r5, 1),
+        two(&e5, 1),
+    ));
+    rows.push(row(
         "W6 crash → restarted → serving",
         "µs",
         false,
         None,
         None,
         reps(r, || w6_echelon(cfg.restarts)).await,
+    ));
+    rows.push(row(
+        "W7 healthcare readings, 3 tiers",
+        "readings/s",
+        true,
+        None,
+        None,
+        reps(r.clamp(1, 3), || w7_echelon(cfg.readings)).await,
     ));
     rows
 }

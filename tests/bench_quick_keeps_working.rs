@@ -20,7 +20,7 @@ fn bench_quick_prints_every_workload_and_writes_json() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for w in ["W1", "W2", "W3", "W6"] {
+    for w in ["W1", "W2", "W3", "W4", "W5", "W6", "W7"] {
         assert!(stdout.contains(w), "{w} missing:\n{stdout}");
     }
     let rows: serde_json::Value =
