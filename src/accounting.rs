@@ -42,8 +42,9 @@ pub struct Counters {
     pub failure_escalations: u64,
     /// Tasks lost in a dead actor's mailbox and counted as failed (a subset of `failed`).
     pub lost_in_mailbox: u64,
-    /// Requests a router refused (admission limit, no eligible worker); a subset of
-    /// `failed`.
+    /// Tasks refused: at a full mailbox (`SendError::Full`: never submitted, so not in
+    /// `failed`), or by a router (admission limit, no eligible worker: submitted and
+    /// counted in `failed`).
     pub rejected: u64,
     /// Router branches still running when their request was decided (a race won,
     /// fail-fast); their late answers are ignored.

@@ -39,6 +39,11 @@ pub(crate) struct Slot<M> {
     /// Senders waiting for room (`AgentRef::send_wait`).
     waiters: AtomicUsize,
     room: Notify,
+    /// Messages in the pending queue (counted toward the capacity).
+    pending_len: AtomicU64,
+    /// For a router or pipeline: its requests in flight in detached tasks, which count
+    /// toward its capacity although its mailbox has settled them.
+    pub(crate) in_flight: std::sync::OnceLock<Arc<AtomicU64>>,
 }
 
 struct Mailbox<M> {
@@ -72,7 +77,15 @@ impl<M: Send + 'static> Slot<M> {
             capacity: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             room: Notify::new(),
+            pending_len: AtomicU64::new(0),
+            in_flight: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Wake every sender waiting for room, to re-check (room freed, slot closed,
+    /// hierarchy stopping).
+    pub(crate) fn wake_waiters(&self) {
+        self.room.notify_waiters();
     }
 
     /// The node is done with one message: count it, and wake a sender waiting for room.
@@ -88,8 +101,15 @@ impl<M: Send + 'static> Slot<M> {
     fn full(&self) -> Option<u64> {
         match self.capacity.load(Ordering::Relaxed) {
             0 => None,
-            cap if self.stats.unsettled() >= cap => Some(cap),
-            _ => None,
+            cap => {
+                let extra = self
+                    .in_flight
+                    .get()
+                    .map_or(0, |a| a.load(Ordering::Acquire));
+                let load =
+                    self.stats.unsettled() + self.pending_len.load(Ordering::Acquire) + extra;
+                (load >= cap).then_some(cap)
+            }
         }
     }
 
@@ -138,6 +158,7 @@ impl<M: Send + 'static> Slot<M> {
             None => msg,
         };
         self.pending().push_back(msg);
+        self.pending_len.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -189,6 +210,7 @@ impl<M: Send + 'static> Slot<M> {
                 pending.push_front(m);
                 break;
             }
+            self.pending_len.fetch_sub(1, Ordering::AcqRel);
         }
         drop(pending);
         mb.actor = Some(actor);
@@ -204,6 +226,8 @@ impl<M: Send + 'static> Slot<M> {
         let lost = self.stats.unsettled();
         // the lost messages are now settled (by their loss)
         crate::accounting::add(&self.stats.own.settled, lost);
+        drop(mb);
+        self.wake_waiters();
         lost
     }
 
@@ -214,7 +238,10 @@ impl<M: Send + 'static> Slot<M> {
         if mb.closed.is_none() {
             mb.closed = Some(reason);
         }
-        let drained = self.pending().drain(..).collect();
+        let drained: Vec<NodeMsg<M>> = self.pending().drain(..).collect();
+        self.pending_len.store(0, Ordering::Release);
+        drop(mb);
+        self.wake_waiters();
         drained
     }
 
@@ -319,7 +346,7 @@ impl<M: crate::Message> AgentRef<M> {
             notified.as_mut().enable();
             self.slot.waiters.fetch_add(1, Ordering::AcqRel);
             // re-check after registering, so a settle in between is not missed
-            if self.slot.full().is_some() && !self.slot.is_closed() {
+            if self.slot.full().is_some() && self.shared.accepting() && !self.slot.is_closed() {
                 notified.await;
             }
             self.slot.waiters.fetch_sub(1, Ordering::AcqRel);

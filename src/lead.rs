@@ -5,7 +5,7 @@
 //! that branch's result, reset, orderly stop) is here once; what a request *does* is the
 //! [`Lead`] implementation's.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
@@ -23,54 +23,86 @@ use crate::node::{Directive, NodeMsg};
 use crate::supervisor::spec::{BoxFuture, SpawnAgent};
 
 /// The requests a lead is working on in detached tasks (gathers, runs), so that a stop
-/// can abort them and wait for them before the lead exits.
-#[derive(Debug)]
+/// can abort them and wait for them before the lead exits, and the lead's mailbox
+/// capacity counts them.
+#[derive(Debug, Clone)]
 pub(crate) struct Runs {
-    active: AtomicUsize,
+    inner: Arc<RunsInner>,
+}
+
+struct RunsInner {
+    active: Arc<std::sync::atomic::AtomicU64>,
     idle: Notify,
     abort: watch::Sender<bool>,
+    /// Called when a request finishes: wakes senders waiting for room at the lead.
+    on_done: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for RunsInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunsInner")
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Runs {
     fn default() -> Self {
         Runs {
-            active: AtomicUsize::new(0),
-            idle: Notify::new(),
-            abort: watch::channel(false).0,
+            inner: Arc::new(RunsInner {
+                active: Arc::default(),
+                idle: Notify::new(),
+                abort: watch::channel(false).0,
+                on_done: std::sync::OnceLock::new(),
+            }),
         }
     }
 }
 
-/// Held by a running request; dropping it marks the request done.
-pub(crate) struct RunGuard<'a>(&'a Runs);
+/// Held by a running request (taken before its task is spawned); dropping it marks the
+/// request done.
+pub(crate) struct RunGuard(Arc<RunsInner>);
 
-impl Drop for RunGuard<'_> {
+impl Drop for RunGuard {
     fn drop(&mut self) {
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
+        }
+        if let Some(wake) = self.0.on_done.get() {
+            wake();
         }
     }
 }
 
 impl Runs {
-    pub(crate) fn start(&self) -> RunGuard<'_> {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        RunGuard(self)
+    pub(crate) fn start(&self) -> RunGuard {
+        self.inner.active.fetch_add(1, Ordering::AcqRel);
+        RunGuard(self.inner.clone())
+    }
+
+    /// What to call when a request finishes (wake the lead slot's waiting senders).
+    pub(crate) fn on_done(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.inner.on_done.set(Box::new(f));
+    }
+
+    /// The count of requests in flight, shared with the lead's slot for its capacity.
+    pub(crate) fn active(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.inner.active.clone()
     }
 
     /// Resolves when the lead is stopping while the hierarchy aborts.
     pub(crate) async fn aborted(&self) {
-        let mut rx = self.abort.subscribe();
+        let mut rx = self.inner.abort.subscribe();
         let _ = rx.wait_for(|a| *a).await;
     }
 
     /// Abort every running request and wait (bounded) until they have resolved.
     async fn abort_and_wait(&self, bound: std::time::Duration) {
-        self.abort.send_replace(true);
+        self.inner.abort.send_replace(true);
         let wait = async {
-            while self.active.load(Ordering::Acquire) > 0 {
-                let notified = self.idle.notified();
-                if self.active.load(Ordering::Acquire) == 0 {
+            loop {
+                let notified = self.inner.idle.notified();
+                if self.inner.active.load(Ordering::Acquire) == 0 {
                     break;
                 }
                 notified.await;

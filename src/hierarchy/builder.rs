@@ -621,6 +621,13 @@ impl<M: crate::Message> Plan<'_, M> {
                     runs: Default::default(),
                 });
                 self.dir.routers.insert(router_slot.uid, inner.clone());
+                let _ = router_slot.in_flight.set(inner.runs.active());
+                let waker = Arc::downgrade(&router_slot);
+                inner.runs.on_done(move || {
+                    if let Some(s) = waker.upgrade() {
+                        s.wake_waiters();
+                    }
+                });
                 let router = lead(router_slot, Arc::new(LeadSpawner { lead: inner }));
                 let first = &cfg.workers[0];
                 Ok(self.team(router, team_slot, reports, first, sup, tier.restart))
@@ -652,6 +659,13 @@ impl<M: crate::Message> Plan<'_, M> {
                     cfg: cfg.clone(),
                     stages,
                     runs: Default::default(),
+                });
+                let _ = pipe_slot.in_flight.set(inner.runs.active());
+                let waker = Arc::downgrade(&pipe_slot);
+                inner.runs.on_done(move || {
+                    if let Some(s) = waker.upgrade() {
+                        s.wake_waiters();
+                    }
                 });
                 let pipe = lead(pipe_slot, Arc::new(LeadSpawner { lead: inner }));
                 let first = members.first().map_or(tier, |m| m.tier);

@@ -80,7 +80,13 @@ impl<M: crate::Message> Shared<M> {
     /// `AgentRef::submit`): either a sender sees the new phase and withdraws its task,
     /// or the drain check sees the task's submission.
     pub(crate) fn advance(&self, to: Phase) {
-        self.phase.fetch_max(to as u8, Ordering::SeqCst);
+        let before = self.phase.fetch_max(to as u8, Ordering::SeqCst);
+        if before < to as u8 {
+            // senders waiting for room must see that no more work is taken
+            for s in &self.directory.all {
+                s.wake_waiters();
+            }
+        }
     }
 
     pub(crate) fn accepting(&self) -> bool {

@@ -78,7 +78,9 @@ impl<M: crate::Message> Lead<M> for PipelineShared<M> {
             started: Instant::now(),
             rng: StdRng::seed_from_u64(seed),
         };
-        tokio::spawn(run.run(head, payload));
+        // counted before the task exists, so a stop never misses it
+        let running = this.runs.start();
+        tokio::spawn(run.run(head, payload, running));
     }
 }
 
@@ -109,9 +111,8 @@ struct Run<M> {
 }
 
 impl<M: crate::Message> Run<M> {
-    async fn run(mut self, mut head: TaskHead<M>, payload: M) {
+    async fn run(mut self, mut head: TaskHead<M>, payload: M, _running: crate::lead::RunGuard) {
         let p = self.p.clone();
-        let _running = p.runs.start();
         let mut reports: Vec<StageReport> = p
             .stages
             .iter()
@@ -289,6 +290,10 @@ impl<M: crate::Message> Run<M> {
                 continue;
             }
             if let Some(fb) = &stage.fallback {
+                if let Err(out) = self.charge(fb) {
+                    report.status = StageStatus::Failed(out.to_string());
+                    return StageOut::Failed(out);
+                }
                 match self.attempt(fb, input.clone()).await {
                     Attempt::Output(out) => {
                         report.status = StageStatus::Fallback { reason };
@@ -392,7 +397,17 @@ impl<M: crate::Message> Run<M> {
                 }
             }
             Entry::Function(f) => {
-                let fut = CatchUnwind::new(f(input));
+                // the function itself runs user code before it returns its future
+                let fut = match crate::panic::catch(|| f(input)) {
+                    Ok(fut) => CatchUnwind::new(fut),
+                    Err(panic) => {
+                        return Attempt::Failed {
+                            reason: panic,
+                            retryable: true,
+                            timed_out: false,
+                        }
+                    }
+                };
                 let got = match timeout {
                     Some(d) => match tokio::time::timeout(d, fut).await {
                         Ok(v) => v,

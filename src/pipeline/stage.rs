@@ -110,7 +110,7 @@ impl Retry {
         } else {
             0.0
         };
-        Duration::from_secs_f64((d * (1.0 - cut)).max(0.0))
+        Duration::try_from_secs_f64((d * (1.0 - cut)).max(0.0)).unwrap_or(self.max)
     }
 
     pub(crate) fn retries(&self, timed_out: bool) -> bool {

@@ -154,7 +154,18 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
             pending,
             started,
         };
-        tokio::spawn(job.run());
+        // counted before the task exists, so a stop never misses it
+        let running = this.runs.start();
+        tokio::spawn(job.run(running));
+    }
+}
+
+/// Holds one unit of a router's admission count; released when dropped.
+struct Admitted<'a>(&'a AtomicU32);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -213,9 +224,10 @@ struct GatherJob<M> {
 }
 
 impl<M: crate::Message> GatherJob<M> {
-    async fn run(mut self) {
+    async fn run(mut self, _running: crate::lead::RunGuard) {
         let inner = self.inner.clone();
-        let _running = inner.runs.start();
+        // the admission count is released however this task ends
+        let admitted = Admitted(&inner.requests);
         let cfg = self.inner.cfg.clone();
         let n = self.pending.len();
         let broadcast = cfg.route.is_broadcast();
@@ -290,7 +302,11 @@ impl<M: crate::Message> GatherJob<M> {
             reports[k].elapsed = self.started.elapsed();
             let status = match outcome {
                 Ok(Outcome::Completed { reply, .. }) => {
-                    answers += 1;
+                    // a reply-less completion (Done, an absorbed escalation) is not an
+                    // answer a race or a quorum can be decided on
+                    if reply.is_some() {
+                        answers += 1;
+                    }
                     arrival.push(k);
                     BranchStatus::Answered(reply)
                 }
@@ -361,7 +377,9 @@ impl<M: crate::Message> GatherJob<M> {
         let result: Result<Option<M>, GatherError> = if let Some(e) = fail_fast {
             Err(e)
         } else if broadcast {
-            decide(&cfg.gather, &reports, &arrival)
+            // user code (merge, fold, vote key): a panic fails this request, not the task
+            crate::panic::catch(|| decide(&cfg.gather, &reports, &arrival))
+                .unwrap_or_else(|p| Err(GatherError::NoWorker(format!("the gather function {p}"))))
         } else {
             match reports.first().map(|r| &r.status) {
                 Some(BranchStatus::Answered(r)) => Ok(r.clone()),
@@ -396,7 +414,7 @@ impl<M: crate::Message> GatherJob<M> {
         }
         // admission first, then the outcome, then the caller: a caller holding its
         // result never sees its own request still counted
-        self.inner.requests.fetch_sub(1, Ordering::AcqRel);
+        drop(admitted);
         let detail = take_detail(&mut head);
         let shared = &self.shared;
         let slot = &self.slot;

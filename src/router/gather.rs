@@ -11,7 +11,8 @@ use crate::envelope::Path;
 pub enum Gather<M> {
     /// Wait for every branch (or the deadline); merge the answers in worker order.
     All(Arc<dyn Fn(Vec<M>) -> M + Send + Sync>),
-    /// Racing: the first answer wins; the other branches' answers are discarded.
+    /// Racing: the first answer with a reply wins; the other branches' answers are
+    /// discarded.
     First,
     /// The first `k` answers, merged in arrival order.
     Quorum(usize, Arc<dyn Fn(Vec<M>) -> M + Send + Sync>),

@@ -119,9 +119,11 @@ pub(crate) fn pick<M>(
             first_from(start, &mut eligible)
         }
         Route::LeastLoaded => {
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by_key(|&i| (load(i), i));
-            order.into_iter().find(|&i| eligible(i))
+            // read each load once: queue depths change while we sort, and a sort whose
+            // keys move under it is not a total order
+            let mut order: Vec<(u32, usize)> = (0..n).map(|i| (load(i), i)).collect();
+            order.sort_unstable();
+            order.into_iter().map(|(_, i)| i).find(|&i| eligible(i))
         }
         Route::KeySticky(key) => {
             let start = (key(msg) % n as u64) as usize;
