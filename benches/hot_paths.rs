@@ -46,6 +46,9 @@ enum RawMsg {
     Sync(oneshot::Sender<()>),
 }
 
+#[cfg(feature = "cluster")]
+impl ractor::Message for RawMsg {}
+
 impl Actor for Raw {
     type Msg = RawMsg;
     type State = ();

@@ -452,7 +452,7 @@ impl<M: crate::Message> AgentRef<M> {
         self.submit_with(msg, reply, external, |_| {})
     }
 
-    fn submit_with(
+    pub(crate) fn submit_with(
         &self,
         msg: M,
         reply: Option<oneshot::Sender<Outcome<M>>>,

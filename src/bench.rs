@@ -158,6 +158,9 @@ enum RawMsg {
     Ping(RpcReplyPort<u64>),
 }
 
+#[cfg(feature = "cluster")]
+impl ractor::Message for RawMsg {}
+
 impl Actor for RawSum {
     type Msg = RawMsg;
     type State = u64;

@@ -100,7 +100,22 @@ pub enum CodecError {
 /// [`CodecError::Encode`] for an unencodable payload, [`CodecError::TooLarge`] past the
 /// frame limit.
 pub fn encode<M: Serialize>(task: &WireTask<M>) -> Result<Vec<u8>, CodecError> {
-    let bytes = bincode::serde::encode_to_vec(task, config())
+    encode_frame(task)
+}
+
+/// Decode a task. Never panics, whatever the bytes.
+///
+/// # Errors
+/// [`CodecError`] saying what is wrong with the frame.
+pub fn decode<M: DeserializeOwned>(bytes: &[u8]) -> Result<WireTask<M>, CodecError> {
+    let task: WireTask<M> = decode_frame(bytes)?;
+    check_version(task.version)?;
+    Ok(task)
+}
+
+/// Encode any frame with the wire configuration and limit.
+pub(crate) fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let bytes = bincode::serde::encode_to_vec(value, config())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     if bytes.len() > MAX_FRAME {
         return Err(CodecError::TooLarge {
@@ -111,29 +126,164 @@ pub fn encode<M: Serialize>(task: &WireTask<M>) -> Result<Vec<u8>, CodecError> {
     Ok(bytes)
 }
 
-/// Decode a task. Never panics, whatever the bytes.
-///
-/// # Errors
-/// [`CodecError`] saying what is wrong with the frame.
-pub fn decode<M: DeserializeOwned>(bytes: &[u8]) -> Result<WireTask<M>, CodecError> {
+/// Decode any frame: limit first (no allocation past it), then the whole slice must be
+/// one value.
+pub(crate) fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() > MAX_FRAME {
         return Err(CodecError::TooLarge {
             size: bytes.len(),
             max: MAX_FRAME,
         });
     }
-    let (task, used): (WireTask<M>, usize) = bincode::serde::decode_from_slice(bytes, config())
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(bytes, config())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
     }
-    if task.version != VERSION {
-        return Err(CodecError::Version {
-            found: task.version,
+    Ok(value)
+}
+
+fn check_version(found: u8) -> Result<(), CodecError> {
+    if found == VERSION {
+        Ok(())
+    } else {
+        Err(CodecError::Version {
+            found,
             expected: VERSION,
-        });
+        })
     }
-    Ok(task)
+}
+
+/// What a remote agent made of a task, as it travels back to the node that owns the
+/// task (see `cluster`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WireVerdict<M> {
+    /// Handled, no reply.
+    Done,
+    /// Handled with a reply.
+    Reply(M),
+    /// Escalate from the remote agent's position.
+    Escalate {
+        /// Severity in `0.0..=1.0`.
+        severity: f64,
+        /// Why.
+        reason: String,
+        /// Suppression key, if the agent gave one.
+        key: Option<String>,
+        /// Payload for the level above.
+        payload: M,
+    },
+    /// The remote agent crashed on the task (it was restarted there).
+    Crashed(String),
+    /// The remote agent rejected the task.
+    Rejected(String),
+    /// The remote node could not run the task (team not open, decode error, stopping).
+    Unavailable(String),
+}
+
+/// A [`WireVerdict`] with the wire version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireReply<M> {
+    /// [`VERSION`] of the encoder.
+    pub version: u8,
+    /// The verdict.
+    pub verdict: WireVerdict<M>,
+}
+
+/// Encode a remote agent's verdict.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_reply<M: Serialize>(verdict: WireVerdict<M>) -> Result<Vec<u8>, CodecError> {
+    encode_frame(&WireReply {
+        version: VERSION,
+        verdict,
+    })
+}
+
+/// Decode a remote agent's verdict. Never panics, whatever the bytes.
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_reply<M: DeserializeOwned>(bytes: &[u8]) -> Result<WireVerdict<M>, CodecError> {
+    let r: WireReply<M> = decode_frame(bytes)?;
+    check_version(r.version)?;
+    Ok(r.verdict)
+}
+
+/// A request from one node's teams to another node's host. Payloads stay encoded (as
+/// [`WireTask`] frames) so the host can route a request before it knows the type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum HostRequest {
+    /// Start (or find) a hosted team: `count` agents of a registered `kind`.
+    Open {
+        /// The owner's id for the team (unique per owner).
+        team: u64,
+        /// The owning node's name.
+        owner: String,
+        /// The registered kind to build the agents from.
+        kind: String,
+        /// The tier name (the hosted agents' paths use it).
+        name: String,
+        /// How many agents.
+        count: u32,
+        /// Opaque configuration for the kind's builder.
+        config: Vec<u8>,
+    },
+    /// Run one task on agent `index` of a team.
+    Task {
+        /// The team.
+        team: u64,
+        /// The agent.
+        index: u32,
+        /// A [`WireTask`] frame.
+        task: Vec<u8>,
+    },
+    /// Stop a team.
+    Close {
+        /// The team.
+        team: u64,
+    },
+}
+
+/// The host's answer to a [`HostRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum HostAnswer {
+    /// The team is running.
+    Opened,
+    /// A task's [`WireReply`] frame.
+    Verdict(Vec<u8>),
+    /// The team was stopped.
+    Closed,
+    /// The request could not be served, and why.
+    Error(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Versioned<T> {
+    version: u8,
+    body: T,
+}
+
+/// Encode a host request or answer with the wire version.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_host<T: Serialize>(body: &T) -> Result<Vec<u8>, CodecError> {
+    encode_frame(&Versioned {
+        version: VERSION,
+        body,
+    })
+}
+
+/// Decode a host request or answer. Never panics, whatever the bytes.
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_host<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let v: Versioned<T> = decode_frame(bytes)?;
+    check_version(v.version)?;
+    Ok(v.body)
 }
 
 /// A decoder that counts what it accepts and rejects (a node's wire statistics).
@@ -149,14 +299,22 @@ impl Codec {
     /// # Errors
     /// As [`decode`].
     pub fn decode<M: DeserializeOwned>(&self, bytes: &[u8]) -> Result<WireTask<M>, CodecError> {
-        match decode(bytes) {
+        self.count(bytes.len(), decode(bytes))
+    }
+
+    /// Count the result of any decoder: a rejection is logged and counted.
+    ///
+    /// # Errors
+    /// `result`'s error, unchanged.
+    pub fn count<T>(&self, bytes: usize, result: Result<T, CodecError>) -> Result<T, CodecError> {
+        match result {
             Ok(t) => {
                 self.decoded.fetch_add(1, Ordering::Relaxed);
                 Ok(t)
             }
             Err(e) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, bytes = bytes.len(), "rejected a frame");
+                tracing::warn!(error = %e, bytes, "rejected a frame");
                 Err(e)
             }
         }

@@ -16,6 +16,8 @@ pub mod agent;
 #[cfg(feature = "sim")]
 pub mod bench;
 pub mod budget;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod codec;
 pub mod envelope;
 pub mod hierarchy;

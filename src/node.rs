@@ -38,6 +38,12 @@ pub(crate) enum NodeMsg<M> {
     Stop { reason: Arc<str> },
 }
 
+// With ractor's `cluster` feature (echelon's `cluster`), ractor no longer implements
+// `Message` for every type: hierarchy messages stay local, so the default (not
+// serializable) implementation is the right one.
+#[cfg(feature = "cluster")]
+impl<M: Send + 'static> ractor::Message for NodeMsg<M> {}
+
 /// How a child ended an incarnation.
 #[derive(Debug, Clone)]
 pub(crate) enum Exit {

@@ -250,7 +250,8 @@ impl<A: Agent> AgentState<A> {
                         "gave up after {} attempt(s); last crash: {reason}",
                         head.attempt
                     );
-                    self.fail(head, &why);
+                    let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
+                    shared.fail_as(slot, head, &why, FailureKind::Crashed);
                     return;
                 }
                 Err(stop) => {
