@@ -24,7 +24,8 @@ use tracing::Instrument;
 use crate::codec::{self, Codec, HostAnswer, HostRequest, WireVerdict};
 use crate::envelope::{FailureKind, Outcome};
 use crate::{
-    Agent, AgentError, AgentRef, Ctx, Hierarchy, Intensity, StopReason, Strategy, Tier, Verdict,
+    Agent, AgentError, AgentRef, Ctx, Hierarchy, Intensity, SpanOfControl, StopReason, Strategy,
+    Tier, Verdict,
 };
 
 /// The registered name of a node's host; peers find its stub by this name.
@@ -163,7 +164,10 @@ impl Kind for KindFn {
 trait Team: Send + Sync {
     /// Run a task frame on agent `index`; the answer is a verdict frame.
     fn run(&self, index: u32, frame: Vec<u8>, codec: Arc<Codec>) -> BoxFuture<HostAnswer>;
+    /// Drain the team (bounded), for an owner that closes it.
     fn close(&self) -> BoxFuture<()>;
+    /// Stop the team now, for an owner that is gone or a node that stops.
+    fn stop(&self) -> BoxFuture<()>;
 }
 
 /// What a hosted agent's escalation said, kept by task id until its reply is encoded
@@ -224,6 +228,8 @@ impl<M: crate::Message + Serialize + DeserializeOwned> HostedTeam<M> {
         // agent and the task goes back as crashed, once. Intensity is the owner's too.
         let h = Hierarchy::builder(format!("hosted-{name}"))
             .max_attempts(1)
+            // a flat team: the owner's tree already has the shape
+            .span(SpanOfControl::strict(count.max(1)))
             .restart(
                 Strategy::OneForOne,
                 Intensity::at_most(u32::MAX).per(Duration::from_secs(1)),
@@ -322,6 +328,19 @@ impl<M: crate::Message + Serialize + DeserializeOwned> Team for HostedTeam<M> {
         Box::pin(async move {
             if let Some(h) = h {
                 let _ = h.shutdown(Duration::from_secs(5)).await;
+            }
+        })
+    }
+
+    fn stop(&self) -> BoxFuture<()> {
+        let h = self
+            .hierarchy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        Box::pin(async move {
+            if let Some(h) = h {
+                let _ = h.stop().await;
             }
         })
     }
@@ -484,7 +503,7 @@ impl Actor for HostActor {
                 for k in keys {
                     if let Some(t) = state.teams.remove(&k) {
                         tracing::info!(node = %self.node, owner = %peer, "owner disconnected: stopping its team");
-                        tokio::spawn(async move { t.close().await });
+                        tokio::spawn(async move { t.stop().await });
                     }
                 }
                 self.teams_hosted
@@ -499,8 +518,9 @@ impl Actor for HostActor {
         _me: ActorRef<HostMsg>,
         state: &mut HostState,
     ) -> Result<(), ActorProcessingErr> {
+        // in the background: a hosted handler may be stuck, and the node must stop now
         for (_, t) in state.teams.drain() {
-            t.close().await;
+            tokio::spawn(async move { t.stop().await });
         }
         self.teams_hosted.store(0, Ordering::Relaxed);
         Ok(())

@@ -122,7 +122,7 @@ pub struct WireStats {
 #[derive(Debug, Clone)]
 pub(crate) enum PeerEvent {
     Ready { addr: String, name: String },
-    Down { addr: String, name: Option<String> },
+    Down { addr: String },
 }
 
 struct Events {
@@ -145,7 +145,6 @@ impl NodeEventSubscription for Events {
         }
         let _ = self.tx.send(PeerEvent::Down {
             addr: ses.peer_addr,
-            name,
         });
     }
 
@@ -416,11 +415,6 @@ impl Node {
             .map(ActorRef::from)
     }
 
-    /// Subscribe to session events (a peer ready, a peer gone).
-    pub(crate) fn events(&self) -> broadcast::Receiver<PeerEvent> {
-        self.inner.events.subscribe()
-    }
-
     /// A fresh id for a team owned by this node: random, so that teams of different
     /// owners never share an id at a host.
     pub(crate) fn next_team_id(&self) -> u64 {
@@ -443,8 +437,70 @@ impl Node {
         *self.inner.stopped.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stop the node: close every session (peers see it disconnect), stop the teams it
-    /// hosts (their running tasks are abandoned; the owners redeliver or fail them).
+    /// Keep a connection to `addr`: connect now, and whenever the session closes, try
+    /// again (every `retry`, until the node stops). Teams placed on that peer use it
+    /// again once it is back. Returns the first attempt's result.
+    ///
+    /// # Errors
+    /// As [`Node::connect`], for the first attempt; later failures are logged.
+    pub async fn connect_and_keep(
+        &self,
+        addr: &str,
+        retry: Duration,
+    ) -> Result<String, ClusterError> {
+        let first = self.connect(addr).await;
+        let node = Arc::downgrade(&self.inner);
+        let addr = addr.to_string();
+        let mut connected = first.is_ok();
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = node.upgrade() else { return };
+                let n = Node { inner };
+                if n.is_stopped() {
+                    return;
+                }
+                if connected {
+                    // wait for this session to close
+                    let mut rx = n.inner.events.subscribe();
+                    let peers = n.peers().await;
+                    let still = peers.iter().any(|p| p.addr == addr);
+                    drop(n);
+                    if still {
+                        loop {
+                            match rx.recv().await {
+                                Ok(PeerEvent::Down { addr: a }) if a == addr => break,
+                                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                                Err(broadcast::error::RecvError::Closed) => return,
+                            }
+                        }
+                    }
+                } else {
+                    drop(n);
+                }
+                tokio::time::sleep(retry).await;
+                let Some(inner) = node.upgrade() else { return };
+                let n = Node { inner };
+                if n.is_stopped() {
+                    return;
+                }
+                match n.connect(&addr).await {
+                    Ok(peer) => {
+                        tracing::info!(%peer, %addr, "reconnected");
+                        connected = true;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "reconnect failed; will retry");
+                        connected = false;
+                    }
+                }
+            }
+        });
+        first
+    }
+
+    /// Stop the node: close every session (peers see it disconnect at once), then stop
+    /// the teams it hosts in the background (their running tasks are abandoned; their
+    /// owners redeliver or fail them).
     pub async fn stop(&self) {
         {
             let mut s = self.inner.stopped.lock().unwrap_or_else(|p| p.into_inner());
@@ -455,12 +511,12 @@ impl Node {
         }
         let _ = self
             .inner
-            .host
+            .server
             .stop_and_wait(Some("node stopping".into()), Some(Duration::from_secs(10)))
             .await;
         let _ = self
             .inner
-            .server
+            .host
             .stop_and_wait(Some("node stopping".into()), Some(Duration::from_secs(10)))
             .await;
         tracing::info!(node = %self.inner.name, "node stopped");

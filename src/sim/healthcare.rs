@@ -19,7 +19,7 @@ use super::scenario::{Burst, HealthcareWorkload};
 use crate::{Agent, AgentError, Ctx, Escalation, Verdict};
 
 /// A vital-signs condition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Condition {
     /// Falling SpO2 with a rising heart rate.
     Hypoxia,
@@ -40,7 +40,7 @@ impl Condition {
 }
 
 /// The ward's messages.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Ward {
     /// A reading from one patient's monitor.
     Reading(Reading),
@@ -49,7 +49,7 @@ pub enum Ward {
 }
 
 /// One set of vital signs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Reading {
     /// The patient.
     pub patient: u32,
@@ -70,7 +70,7 @@ pub struct Reading {
 }
 
 /// An abnormality and how bad it looks.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
     /// The patient.
     pub patient: u32,

@@ -6,6 +6,8 @@
 //! workloads, ground truth) · `run` (spawning and driving a scenario) · `report` (text
 //! and JSON) · `html` (a self-contained page with charts).
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod healthcare;
 pub mod html;
 pub(crate) mod model;

@@ -145,7 +145,8 @@ async fn run_healthcare(s: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<R
     let monitors = h.tier(&s.tiers[last].name).unwrap_or_default();
     let patients = monitors.len() as u32;
     let episodes = healthcare::episodes(w, patients, s.duration.0, s.seed);
-    let generated = generate_readings(s, w, &monitors, &episodes, start, progress).await;
+    let generated =
+        generate_readings(s, w, &monitors, &episodes, start, true, &mut *progress).await;
 
     tokio::time::sleep_until(start + s.duration.0).await;
     progress(1.0);
@@ -200,13 +201,16 @@ async fn run_healthcare(s: &Scenario, progress: &mut dyn FnMut(f64)) -> Result<R
 }
 
 /// Readings in time order: every patient every `reading_interval`, staggered.
-async fn generate_readings(
+/// Send the scenario's readings to the monitors: paced on the runtime clock (`paced`,
+/// the simulator) or as fast as they are taken (a wall-clock run).
+pub(crate) async fn generate_readings(
     s: &Scenario,
     w: &HealthcareWorkload,
     monitors: &[crate::AgentRef<Ward>],
     episodes: &[healthcare::Episode],
     start: Instant,
-    progress: &mut dyn FnMut(f64),
+    paced: bool,
+    mut progress: impl FnMut(f64),
 ) -> u64 {
     use rand::SeedableRng;
     let n = monitors.len() as u64;
@@ -233,7 +237,7 @@ async fn generate_readings(
             if at >= total {
                 break;
             }
-            if at >= slept_to + 1000 {
+            if paced && at >= slept_to + 1000 {
                 tokio::time::sleep_until(start + Duration::from_millis(at)).await;
                 slept_to = at;
                 let done = at as f64 / total as f64;
