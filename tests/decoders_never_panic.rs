@@ -1,7 +1,10 @@
 //! Bad input: every decoder — the wire codec and the scenario parser — returns an error
 //! for any malformed input and never panics (property tests with proptest).
 
-use echelon::codec::{decode, encode, Codec, CodecError, WireTask, MAX_FRAME};
+use echelon::codec::{
+    decode, decode_host, decode_reply, encode, encode_host, encode_reply, Codec, CodecError,
+    HostAnswer, HostRequest, WireTask, WireVerdict, MAX_FRAME,
+};
 use echelon::sim::Scenario;
 use echelon::{AuditEntry, Decision, EscalationInfo, Path, Role};
 use proptest::prelude::*;
@@ -63,6 +66,29 @@ proptest! {
     #[test]
     fn random_bytes_are_an_error_not_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
         let _ = decode::<Msg>(&bytes);
+    }
+
+    #[test]
+    fn random_bytes_into_the_cluster_frames_are_an_error_not_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        // host requests and answers, and remote verdicts: what crosses between nodes
+        let _ = decode_host::<HostRequest>(&bytes);
+        let _ = decode_host::<HostAnswer>(&bytes);
+        let _ = decode_reply::<Msg>(&bytes);
+    }
+
+    #[test]
+    fn a_verdict_and_a_request_survive_the_wire(m in msg(), severity in 0.0f64..=1.0, reason in ".{0,30}", key in prop::option::of(".{0,10}"), team in any::<u64>(), index in any::<u32>(), frame in prop::collection::vec(any::<u8>(), 0..200)) {
+        for v in [WireVerdict::Done, WireVerdict::Reply(m.clone()), WireVerdict::Escalate { severity, reason: reason.clone(), key: key.clone(), payload: m.clone() }, WireVerdict::Crashed(reason.clone())] {
+            let bytes = encode_reply(v.clone()).expect("encode");
+            prop_assert_eq!(decode_reply::<Msg>(&bytes), Ok(v));
+        }
+        let req = HostRequest::Task { team, index, task: frame };
+        let bytes = encode_host(&req).expect("encode");
+        prop_assert_eq!(decode_host::<HostRequest>(&bytes), Ok(req));
+        // any cut of a valid frame is an error
+        for cut in 0..bytes.len() {
+            prop_assert!(decode_host::<HostRequest>(&bytes[..cut]).is_err());
+        }
     }
 
     #[test]

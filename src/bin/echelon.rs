@@ -73,12 +73,68 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start a cluster node (on ractor_cluster). It hosts the healthcare teams
+    /// (healthcare.monitor, healthcare.diagnostic, healthcare.decision) for its peers
+    /// until interrupted; with --run it instead runs a healthcare scenario on the wall
+    /// clock with the --place'd tiers on peers, prints the report and exits.
+    ///
+    /// Exit codes: 0 done (or interrupted); 1 the node could not start, a peer could not
+    /// be reached for --run, or the run lost tasks; 2 bad input or usage.
+    #[cfg(feature = "cluster")]
+    Node {
+        /// This node's name, unique in the cluster (letters, digits, '-', '_', '.').
+        #[arg(long)]
+        name: String,
+        /// Address to listen on for peers; port 0 picks a free one (printed at start).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// The cluster's shared secret; a peer with another cookie is refused.
+        #[arg(long, env = "ECHELON_COOKIE", hide_env_values = true)]
+        cookie: String,
+        /// A peer to connect to (repeatable); the connection is kept and re-made if it
+        /// drops.
+        #[arg(long = "connect", value_name = "ADDR")]
+        connect: Vec<String>,
+        /// Run this healthcare scenario from this node, then exit.
+        #[arg(long, value_name = "FILE")]
+        run: Option<PathBuf>,
+        /// With --run: place a tier on peers, e.g. --place diagnostic=ward-b or
+        /// --place diagnostic=ward-b,ward-c (in order of preference). Repeatable.
+        #[arg(long = "place", value_name = "TIER=NODE[,NODE...]")]
+        place: Vec<String>,
+        /// With --run: when no peer of a placed tier is reachable, run it here.
+        #[arg(long)]
+        fallback_local: bool,
+        /// With --run: print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench { quick, json } => bench(quick, json),
+        #[cfg(feature = "cluster")]
+        Command::Node {
+            name,
+            listen,
+            cookie,
+            connect,
+            run,
+            place,
+            fallback_local,
+            json,
+        } => node(NodeArgs {
+            name,
+            listen,
+            cookie,
+            connect,
+            run,
+            place,
+            fallback_local,
+            json,
+        }),
         Command::Soak {
             tasks,
             panic_rate,
@@ -285,4 +341,150 @@ fn bench(quick: bool, json: Option<PathBuf>) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(feature = "cluster")]
+struct NodeArgs {
+    name: String,
+    listen: std::net::SocketAddr,
+    cookie: String,
+    connect: Vec<String>,
+    run: Option<PathBuf>,
+    place: Vec<String>,
+    fallback_local: bool,
+    json: bool,
+}
+
+/// `TIER=NODE[,NODE...]` → (tier, nodes).
+#[cfg(feature = "cluster")]
+fn parse_place(arg: &str) -> Result<(String, Vec<String>), String> {
+    let (tier, nodes) = arg.split_once('=').ok_or_else(|| {
+        format!("--place {arg:?}: expected TIER=NODE[,NODE...], e.g. diagnostic=ward-b")
+    })?;
+    let nodes: Vec<String> = nodes
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    if tier.trim().is_empty() || nodes.is_empty() {
+        return Err(format!(
+            "--place {arg:?}: expected TIER=NODE[,NODE...], e.g. diagnostic=ward-b"
+        ));
+    }
+    Ok((tier.trim().to_string(), nodes))
+}
+
+#[cfg(feature = "cluster")]
+fn node(a: NodeArgs) -> ExitCode {
+    use echelon::cluster::{Node, NodeConfig};
+    use std::io::Write;
+
+    let mut place = Vec::new();
+    for p in &a.place {
+        match parse_place(p) {
+            Ok(x) => place.push(x),
+            Err(e) => {
+                eprintln!("echelon: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if !place.is_empty() && a.run.is_none() {
+        eprintln!("echelon: --place needs --run FILE");
+        return ExitCode::from(2);
+    }
+    let scenario = match &a.run {
+        Some(file) => match Scenario::load(file) {
+            Ok(s) if s.healthcare.is_some() => Some(s),
+            Ok(_) => {
+                eprintln!(
+                    "echelon: {}: --run takes a healthcare scenario",
+                    file.display()
+                );
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("echelon: invalid scenario: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("echelon: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let hosted = echelon::sim::cluster::hosted();
+        let kinds = hosted.kinds().join(", ");
+        let cfg = NodeConfig::new(a.name.clone(), a.listen, a.cookie);
+        let node = match Node::start(cfg, hosted).await {
+            Ok(n) => n,
+            Err(echelon::cluster::ClusterError::BadName(n)) => {
+                eprintln!("echelon: invalid node name {n:?}: use letters, digits, '-', '_' or '.'");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("echelon: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        println!(
+            "node {} listening on {} (hosting {kinds})",
+            node.name(),
+            node.listen_addr()
+        );
+        let _ = std::io::stdout().flush();
+        for peer in &a.connect {
+            match node.connect_and_keep(peer, Duration::from_secs(1)).await {
+                Ok(name) => println!("connected to {name} at {peer}"),
+                Err(e) if scenario.is_some() => {
+                    eprintln!("echelon: {e}");
+                    node.stop().await;
+                    return ExitCode::from(1);
+                }
+                Err(e) => eprintln!("echelon: {e} (retrying every second)"),
+            }
+            let _ = std::io::stdout().flush();
+        }
+        let Some(s) = scenario else {
+            let _ = tokio::signal::ctrl_c().await;
+            node.stop().await;
+            return ExitCode::SUCCESS;
+        };
+        let report =
+            echelon::sim::cluster::run_healthcare(&node, &s, &place, a.fallback_local).await;
+        node.stop().await;
+        match report {
+            Ok(r) => {
+                if a.json {
+                    match serde_json::to_string_pretty(&r) {
+                        Ok(j) => println!("{j}"),
+                        Err(e) => {
+                            eprintln!("echelon: cannot write JSON: {e}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                } else {
+                    println!("{r}");
+                }
+                if r.lost == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("echelon: the run failed: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
 }

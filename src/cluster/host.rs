@@ -526,3 +526,69 @@ impl Actor for HostActor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame the host cannot decode is counted, logged and answered with an error;
+    /// the host keeps serving.
+    #[tokio::test]
+    async fn undecodable_requests_are_counted_and_answered() {
+        let codec = Arc::new(Codec::default());
+        let (host, _) = Actor::spawn(
+            None,
+            HostActor {
+                node: "t".into(),
+                hosted: Arc::new(Hosted::new()),
+                codec: codec.clone(),
+                tasks_hosted: Arc::default(),
+                teams_hosted: Arc::default(),
+            },
+            (),
+        )
+        .await
+        .expect("host");
+        for garbage in [vec![], vec![0xff; 7], vec![9, 1, 2, 3], vec![0u8; 64]] {
+            let answer = host
+                .call(
+                    |p| HostMsg::Request(garbage.clone(), p),
+                    Some(Duration::from_secs(5)),
+                )
+                .await
+                .expect("the host answers");
+            let ractor::rpc::CallResult::Success(bytes) = answer else {
+                panic!("no answer for {garbage:?}");
+            };
+            let a: HostAnswer = codec::decode_host(&bytes).expect("a valid answer");
+            assert!(
+                matches!(a, HostAnswer::Error(ref e) if e.contains("could not decode")),
+                "{a:?}"
+            );
+        }
+        assert_eq!(codec.rejected(), 4);
+        // an unknown kind is an error naming what the node hosts
+        let open = codec::encode_host(&HostRequest::Open {
+            team: 1,
+            owner: "o".into(),
+            kind: "nope".into(),
+            name: "x".into(),
+            count: 1,
+            config: vec![],
+        })
+        .expect("encode");
+        let answer = host
+            .call(|p| HostMsg::Request(open, p), Some(Duration::from_secs(5)))
+            .await
+            .expect("answer");
+        let ractor::rpc::CallResult::Success(bytes) = answer else {
+            panic!("no answer");
+        };
+        let a: HostAnswer = codec::decode_host(&bytes).expect("valid");
+        assert!(
+            matches!(a, HostAnswer::Error(ref e) if e.contains("does not host team kind")),
+            "{a:?}"
+        );
+        host.stop(None);
+    }
+}
