@@ -108,6 +108,19 @@ enum Command {
         /// With --run: print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// TLS: this node's certificate chain (PEM). With --tls-key and --tls-ca, every
+        /// session is encrypted and both ends must present a certificate the CA signed.
+        #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+        tls_cert: Option<PathBuf>,
+        /// TLS: this node's private key (PEM).
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// TLS: the CA certificate(s) that sign the cluster's nodes (PEM).
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_ca: Option<PathBuf>,
+        /// TLS: the name the nodes' certificates are issued for.
+        #[arg(long, value_name = "NAME", default_value = "echelon-cluster")]
+        tls_name: String,
     },
 }
 
@@ -125,6 +138,10 @@ fn main() -> ExitCode {
             place,
             fallback_local,
             json,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            tls_name,
         } => node(NodeArgs {
             name,
             listen,
@@ -134,6 +151,14 @@ fn main() -> ExitCode {
             place,
             fallback_local,
             json,
+            tls: tls_cert.map(|c| {
+                (
+                    c,
+                    tls_key.unwrap_or_default(),
+                    tls_ca.unwrap_or_default(),
+                    tls_name,
+                )
+            }),
         }),
         Command::Soak {
             tasks,
@@ -353,6 +378,8 @@ struct NodeArgs {
     place: Vec<String>,
     fallback_local: bool,
     json: bool,
+    /// (certificate, key, CA, server name)
+    tls: Option<(PathBuf, PathBuf, PathBuf, String)>,
 }
 
 /// `TIER=NODE[,NODE...]` → (tier, nodes).
@@ -411,6 +438,25 @@ fn node(a: NodeArgs) -> ExitCode {
         },
         None => None,
     };
+    let tls = match &a.tls {
+        Some((cert, key, ca, name)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+            };
+            let loaded = read(cert).and_then(|c| Ok((c, read(key)?, read(ca)?)));
+            match loaded
+                .map_err(echelon::cluster::ClusterError::Tls)
+                .and_then(|(c, k, ca)| echelon::cluster::Tls::from_pem(&c, &k, &ca, name))
+            {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("echelon: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => None,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -424,7 +470,8 @@ fn node(a: NodeArgs) -> ExitCode {
     rt.block_on(async move {
         let hosted = echelon::sim::cluster::hosted();
         let kinds = hosted.kinds().join(", ");
-        let cfg = NodeConfig::new(a.name.clone(), a.listen, a.cookie);
+        let mut cfg = NodeConfig::new(a.name.clone(), a.listen, a.cookie);
+        cfg.tls = tls;
         let node = match Node::start(cfg, hosted).await {
             Ok(n) => n,
             Err(echelon::cluster::ClusterError::BadName(n)) => {

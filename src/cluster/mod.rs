@@ -27,5 +27,5 @@ mod node;
 mod remote;
 
 pub use host::Hosted;
-pub use node::{ClusterError, Node, NodeConfig, Peer, WireStats};
+pub use node::{ClusterError, Node, NodeConfig, Peer, Tls, WireStats};
 pub use remote::{Placement, RemoteAgent, RemoteTeam, TeamStats};

@@ -27,6 +27,97 @@ pub struct NodeConfig {
     pub cookie: String,
     /// How long [`Node::connect`] waits for the handshake.
     pub connect_timeout: Duration,
+    /// Encrypt and mutually authenticate sessions with TLS; `None` for plain TCP.
+    pub tls: Option<Tls>,
+}
+
+/// TLS for a node's sessions: both ends present a certificate, both verify the other's
+/// against the cluster's CA. A peer without TLS, or with a certificate the CA did not
+/// sign, fails the handshake.
+#[derive(Clone)]
+pub struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+    server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// From PEM text: this node's certificate chain and private key, the CA certificate(s)
+    /// that sign the cluster's nodes, and the name peers' certificates are issued for
+    /// (e.g. `"echelon-cluster"`; one certificate may serve every node).
+    ///
+    /// # Errors
+    /// [`ClusterError::Tls`] saying which part is unusable.
+    pub fn from_pem(
+        cert_chain: &str,
+        key: &str,
+        ca: &str,
+        server_name: &str,
+    ) -> Result<Tls, ClusterError> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let bad = |what: &str, e: &dyn std::fmt::Display| ClusterError::Tls(format!("{what}: {e}"));
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_chain.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad("the certificate chain is not PEM", &e))?;
+        if chain.is_empty() {
+            return Err(ClusterError::Tls(
+                "the certificate file has no certificate".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| bad("the private key is not PEM", &e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let mut n = 0;
+        for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            let c = c.map_err(|e| bad("the CA file is not PEM", &e))?;
+            roots
+                .add(c)
+                .map_err(|e| bad("a CA certificate is unusable", &e))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(ClusterError::Tls("the CA file has no certificate".into()));
+        }
+        let roots = Arc::new(roots);
+        // explicit provider: the process may link more than one
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| bad("cannot verify peers with this CA", &e))?;
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("TLS versions", &e))?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| bad("the certificate and key do not match", &e))?;
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("TLS versions", &e))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| bad("the certificate and key do not match", &e))?;
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| bad("the server name is not a DNS name or address", &e))?;
+        Ok(Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            server_name,
+        })
+    }
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -48,6 +139,7 @@ impl NodeConfig {
             listen,
             cookie: cookie.into(),
             connect_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -94,6 +186,9 @@ pub enum ClusterError {
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
+    /// The TLS settings are unusable.
+    #[error("TLS: {0}; give PEM files for the node's certificate, its key and the cluster's CA")]
+    Tls(String),
 }
 
 /// A connected peer.
@@ -173,6 +268,7 @@ pub(crate) struct NodeInner {
     pub(crate) codec: Arc<Codec>,
     pub(crate) tasks_hosted: Arc<AtomicU64>,
     pub(crate) teams_hosted: Arc<AtomicU64>,
+    tls: Option<Tls>,
     connect_timeout: Duration,
     stopped: Mutex<bool>,
     team_ids: AtomicU64,
@@ -253,7 +349,10 @@ impl Node {
             config.cookie.clone(),
             config.name.clone(),
             listen.ip().to_string(),
-            None,
+            config
+                .tls
+                .as_ref()
+                .map(|t| ractor_cluster::IncomingEncryptionMode::Tls(t.acceptor.clone())),
             None,
         )
         .with_listen_addr(listen.ip())
@@ -284,6 +383,7 @@ impl Node {
                 codec,
                 tasks_hosted,
                 teams_hosted,
+                tls: config.tls,
                 connect_timeout: config.connect_timeout,
                 stopped: Mutex::new(false),
                 team_ids: AtomicU64::new(1),
@@ -325,10 +425,27 @@ impl Node {
         let mut last = String::from("no address");
         let mut connected = None;
         for a in &target {
-            match ractor_cluster::client_connect(&self.inner.server, *a).await {
+            let r = match &self.inner.tls {
+                Some(t) => {
+                    ractor_cluster::client_connect_enc(
+                        &self.inner.server,
+                        *a,
+                        t.connector.clone(),
+                        t.server_name.clone(),
+                    )
+                    .await
+                }
+                None => ractor_cluster::client_connect(&self.inner.server, *a).await,
+            };
+            match r {
                 Ok(()) => {
                     connected = Some(a.to_string());
                     break;
+                }
+                Err(ractor_cluster::ClientConnectErr::Encryption(e)) => {
+                    return Err(ClusterError::Tls(format!(
+                        "the TLS handshake with {addr} failed ({e}); check that both nodes use TLS with certificates from the same CA"
+                    )));
                 }
                 Err(e) => last = format!("{e:?}"),
             }
