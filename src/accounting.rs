@@ -104,12 +104,16 @@ impl std::iter::Sum for Counters {
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub(crate) struct SenderSide {
-    /// External or handler-originated tasks entering here.
-    pub(crate) submitted: AtomicU64,
-    /// Every message successfully put in the mailbox (tasks, escalations, forwards).
+    /// Tasks offered here (external or handler-originated), withdrawn ones included.
+    /// Never decremented, so it is also the source of task ids: the value before a
+    /// task's increment is its sequence number, and two tasks never share one.
+    pub(crate) offered: AtomicU64,
+    /// Offered tasks withdrawn before they were enqueued (shutting down, closed).
+    /// `submitted = offered − withdrawn`.
+    pub(crate) withdrawn: AtomicU64,
+    /// Every task successfully put in the mailbox (tasks, escalations, forwards; a
+    /// batch counts its tasks).
     pub(crate) enqueued: AtomicU64,
-    /// Source of task ids: never decremented, so two live tasks never share one.
-    pub(crate) ids: AtomicU64,
 }
 
 /// Written by the node's own actor (or its supervisor once the actor is dead).
@@ -174,8 +178,19 @@ impl NodeStats {
             timed_out: r(&o.timed_out),
             // read last: a task's submission happens before its outcome, so reading
             // outcomes first can only over-estimate in-flight work, never hide it.
-            submitted: r(&self.tx.submitted),
+            submitted: self.submitted(),
         }
+    }
+
+    /// Tasks submitted here: offered minus withdrawn. Withdrawals are read first, so a
+    /// concurrent withdrawal can only make the figure too high (more in flight), never
+    /// too low. SeqCst, like the phase change a shutdown's drain check waits on.
+    pub(crate) fn submitted(&self) -> u64 {
+        let withdrawn = self.tx.withdrawn.load(Ordering::SeqCst);
+        self.tx
+            .offered
+            .load(Ordering::SeqCst)
+            .saturating_sub(withdrawn)
     }
 
     /// Messages in the mailbox or being processed: enqueued but not settled.

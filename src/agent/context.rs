@@ -145,6 +145,20 @@ impl<M: crate::Message> Ctx<M> {
         to.submit(msg, None, false)
     }
 
+    /// Submit several *new* tasks to another agent in one mailbox message (see
+    /// [`AgentRef::send_batch`]; like [`Ctx::send`], never refused for capacity and
+    /// allowed during a graceful shutdown).
+    ///
+    /// # Errors
+    /// [`SendError::Closed`] if the target has stopped for good; nothing is sent.
+    pub fn send_batch(
+        &self,
+        to: &AgentRef<M>,
+        msgs: impl IntoIterator<Item = M>,
+    ) -> Result<crate::address::BatchIds, SendError<Vec<M>>> {
+        to.submit_batch(msgs.into_iter().collect(), false)
+    }
+
     /// Spend `units` of the current task's budget (a no-op if it has none).
     ///
     /// # Errors
