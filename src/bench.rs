@@ -32,8 +32,8 @@ pub struct BenchConfig {
     pub readings: u64,
     /// Repetitions per measurement (the median is reported).
     pub reps: usize,
-    /// Only these workloads (bit k set: workload Wk), for profiling one path; 0: all.
-    /// Only W1, W2, W3 and W7 can be picked out.
+    /// Only these workloads (bit k set: workload Wk; bit [`W1_BATCHED`]: W1 batched),
+    /// for profiling one path; 0: all. Only W1, W1b, W2, W3 and W7 can be picked out.
     pub only: u32,
     /// Only these ways (bit 0: raw tokio, bit 1: raw ractor, bit 2: echelon); 0: all.
     pub ways: u8,
@@ -200,6 +200,7 @@ async fn w1_tokio(n: u64) -> f64 {
 struct RawSum;
 enum RawMsg {
     Add(u64),
+    Batch(Vec<u64>),
     Done(oneshot::Sender<u64>),
     Ping(RpcReplyPort<u64>),
 }
@@ -219,6 +220,11 @@ impl Actor for RawSum {
     ) -> Result<(), ActorProcessingErr> {
         match m {
             RawMsg::Add(v) => *s = s.wrapping_add(v),
+            RawMsg::Batch(vs) => {
+                for v in vs {
+                    *s = s.wrapping_add(v);
+                }
+            }
             RawMsg::Done(tx) => {
                 let _ = tx.send(*s);
             }
@@ -275,6 +281,84 @@ async fn w1_echelon(n: u64) -> f64 {
     let t = Instant::now();
     for i in 0..n {
         let _ = a.send(Bump::Add(i));
+    }
+    let _ = a.call(Bump::Done).await;
+    let r = n as f64 / t.elapsed().as_secs_f64();
+    let _ = h.shutdown(Duration::from_secs(10)).await;
+    r
+}
+
+/// The bit of [`BenchConfig::only`] that picks the batched W1 row ("W1b").
+pub const W1_BATCHED: u32 = 8;
+
+/// W1 batched: how many messages go in one batch (`AgentRef::send_batch`).
+pub const W1_BATCH: u64 = 64;
+
+async fn w1_tokio_batched(n: u64) -> f64 {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Bump>>();
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Some(batch) = rx.recv().await {
+            for m in batch {
+                match m {
+                    Bump::Add(v) => sum = sum.wrapping_add(v),
+                    Bump::Done => {
+                        let _ = done_tx.send(sum);
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + W1_BATCH).min(n);
+        let _ = tx.send((i..end).map(Bump::Add).collect());
+        i = end;
+    }
+    let _ = tx.send(vec![Bump::Done]);
+    let _ = done_rx.await;
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn w1_ractor_batched(n: u64) -> f64 {
+    let Ok((a, h)) = Actor::spawn(None, RawSum, ()).await else {
+        return 0.0;
+    };
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + W1_BATCH).min(n);
+        let _ = a.send_message(RawMsg::Batch((i..end).collect()));
+        i = end;
+    }
+    let (tx, rx) = oneshot::channel();
+    let _ = a.send_message(RawMsg::Done(tx));
+    let _ = rx.await;
+    let r = n as f64 / t.elapsed().as_secs_f64();
+    a.stop(None);
+    let _ = h.await;
+    r
+}
+
+async fn w1_echelon_batched(n: u64) -> f64 {
+    let Ok(h) = Hierarchy::builder("w1")
+        .max_attempts(1)
+        .tier("sum", 1, |_| Sum(0))
+        .spawn()
+        .await
+    else {
+        return 0.0;
+    };
+    let Ok(a) = h.agent("sum/0") else { return 0.0 };
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + W1_BATCH).min(n);
+        let _ = a.send_batch((i..end).map(Bump::Add));
+        i = end;
     }
     let _ = a.call(Bump::Done).await;
     let r = n as f64 / t.elapsed().as_secs_f64();
@@ -702,7 +786,12 @@ async fn w5_echelon(n: u64) -> (f64, f64) {
 
 // ---- W7: healthcare readings per second (wall clock) ---------------------------------
 
-async fn w7_echelon(n: u64) -> f64 {
+/// W7 batched: how many of one monitor's readings go in one batch.
+pub const W7_BATCH: usize = 32;
+
+/// Readings per second through the three tiers. `batch` 1: each reading sent on its
+/// own; above 1: each monitor's stream is sent in batches of that many readings.
+async fn w7_echelon(n: u64, batch: usize) -> f64 {
     use crate::sim::healthcare::{Decision, Diagnostic, Monitor, Reading, Ward};
     let Ok(h) = Hierarchy::builder("w7")
         .span(SpanOfControl::auto_split(8))
@@ -719,6 +808,13 @@ async fn w7_echelon(n: u64) -> f64 {
     if monitors.is_empty() {
         return 0.0;
     }
+    let mut buffers: Vec<Vec<Ward>> = if batch > 1 {
+        (0..monitors.len())
+            .map(|_| Vec::with_capacity(batch))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let t = Instant::now();
     for i in 0..n {
         let p = (i % monitors.len() as u64) as u32;
@@ -734,7 +830,19 @@ async fn w7_echelon(n: u64) -> f64 {
             missed_dose: false,
             episode: None,
         };
-        let _ = monitors[p as usize].send(Ward::Reading(r));
+        if batch > 1 {
+            let buf = &mut buffers[p as usize];
+            buf.push(Ward::Reading(r));
+            if buf.len() == batch {
+                let full = std::mem::replace(buf, Vec::with_capacity(batch));
+                let _ = monitors[p as usize].send_batch(full);
+            }
+        } else {
+            let _ = monitors[p as usize].send(Ward::Reading(r));
+        }
+    }
+    for (m, buf) in monitors.iter().zip(buffers) {
+        let _ = m.send_batch(buf);
     }
     let _ = h.wait_idle(Duration::from_secs(600)).await;
     let r = n as f64 / t.elapsed().as_secs_f64();
@@ -864,6 +972,16 @@ async fn w1_w2_w3_rows(cfg: &BenchConfig) -> Vec<Row> {
             reps_of(cfg, Way::Echelon, r, || w1_echelon(cfg.one_way)).await,
         ));
     }
+    if cfg.wants(W1_BATCHED) {
+        rows.push(row(
+            &format!("W1 same, batched ×{W1_BATCH} (all three)"),
+            "msgs/s",
+            true,
+            reps_of(cfg, Way::Tokio, r, || w1_tokio_batched(cfg.one_way)).await,
+            reps_of(cfg, Way::Ractor, r, || w1_ractor_batched(cfg.one_way)).await,
+            reps_of(cfg, Way::Echelon, r, || w1_echelon_batched(cfg.one_way)).await,
+        ));
+    }
     if cfg.wants(2) {
         rows.push(row(
             "W2 request/reply round trip",
@@ -939,7 +1057,15 @@ async fn w7_rows(cfg: &BenchConfig) -> Vec<Row> {
             true,
             None,
             None,
-            reps_of(cfg, Way::Echelon, r, || w7_echelon(cfg.readings)).await,
+            reps_of(cfg, Way::Echelon, r, || w7_echelon(cfg.readings, 1)).await,
+        ));
+        rows.push(row(
+            &format!("W7 same, batched ×{W7_BATCH} per monitor"),
+            "readings/s",
+            true,
+            None,
+            None,
+            reps_of(cfg, Way::Echelon, r, || w7_echelon(cfg.readings, W7_BATCH)).await,
         ));
     }
     rows

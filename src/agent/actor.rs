@@ -103,8 +103,8 @@ impl<A: Agent> Actor for AgentActor<A> {
             epoch,
             stopping: None,
         };
-        state
-            .incarnate()
+        // boxed: the start future stays in the actor's task for its whole life
+        Box::pin(state.incarnate())
             .await
             .map_err(|reason| format!("agent {} failed to start: {reason}", state.ctx.path()))?;
         Ok(state)
@@ -423,7 +423,17 @@ impl<A: Agent> AgentState<A> {
     }
 
     /// Turn a verdict into the task's next step.
-    fn apply(&mut self, mut head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {
+    #[inline]
+    fn apply(&mut self, head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {
+        // the common case: a plain task done, nobody waiting for its outcome
+        if matches!(verdict, Verdict::Done) && head.meta.is_none() && head.reply.is_none() {
+            bump(&self.ctx.slot.stats.own.completed);
+            return;
+        }
+        self.apply_general(head, verdict);
+    }
+
+    fn apply_general(&mut self, mut head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {
         let shared = &self.ctx.shared;
         let slot = &self.ctx.slot;
         match verdict {

@@ -24,7 +24,9 @@ pub struct Ctx<M> {
     pub(crate) tier: Arc<str>,
     pub(crate) index: usize,
     pub(crate) incarnation: u64,
-    rng: Option<StdRng>,
+    /// Boxed: a `StdRng` is about 330 bytes, which every agent would otherwise carry
+    /// in its actor's task whether it draws or not.
+    rng: Option<Box<StdRng>>,
     pub(crate) task: TaskId,
     pub(crate) attempt: u32,
     pub(crate) meta: Option<Box<TaskMeta<M>>>,
@@ -119,7 +121,8 @@ impl<M: crate::Message> Ctx<M> {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add((self.slot.uid as u64) << 20)
             .wrapping_add(self.incarnation);
-        self.rng.get_or_insert_with(|| StdRng::seed_from_u64(seed))
+        self.rng
+            .get_or_insert_with(|| Box::new(StdRng::seed_from_u64(seed)))
     }
 
     /// Time since the hierarchy started, on the runtime clock (virtual under a paused

@@ -55,7 +55,8 @@ enum Command {
         /// Also write the rows as JSON to this file.
         #[arg(long, value_name = "OUT")]
         json: Option<PathBuf>,
-        /// Profiling: only these workloads, e.g. "W1,W2" (W1, W2, W3, W7).
+        /// Profiling: only these workloads, e.g. "W1,W2" (W1, W1b for W1 batched, W2,
+        /// W3, W7).
         #[arg(long, hide = true, value_delimiter = ',')]
         only: Vec<String>,
         /// Profiling: only these ways, e.g. "echelon,ractor".
@@ -113,10 +114,15 @@ fn main() -> ExitCode {
                 echelon::bench::BenchConfig::full()
             };
             for w in &only {
-                match w.trim().trim_start_matches(['W', 'w']).parse::<u32>() {
+                let w = w.trim();
+                if w.eq_ignore_ascii_case("W1b") {
+                    cfg.only |= 1 << echelon::bench::W1_BATCHED;
+                    continue;
+                }
+                match w.trim_start_matches(['W', 'w']).parse::<u32>() {
                     Ok(k @ (1 | 2 | 3 | 7)) => cfg.only |= 1 << k,
                     _ => {
-                        eprintln!("echelon: --only takes W1, W2, W3 or W7, not {w:?}");
+                        eprintln!("echelon: --only takes W1, W1b, W2, W3 or W7, not {w:?}");
                         return ExitCode::from(2);
                     }
                 }
