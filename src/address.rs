@@ -88,11 +88,14 @@ impl<M: Send + 'static> Slot<M> {
         self.room.notify_waiters();
     }
 
-    /// The node is done with one message: count it, and wake a sender waiting for room.
+    /// The node is done with one task: count it, and wake a sender waiting for room.
     #[inline]
     pub(crate) fn settle(&self) {
-        bump(&self.stats.own.settled);
-        if self.waiters.load(Ordering::Acquire) > 0 {
+        // SeqCst, paired with `wait_for_room`: a settle and a sender registering as a
+        // waiter each write then read the other's variable, so at least one of them
+        // sees the other (the sender re-checks the room, or the settle wakes it)
+        self.stats.own.settled.fetch_add(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
             self.room.notify_waiters();
         }
     }
@@ -453,7 +456,8 @@ impl<M: crate::Message> AgentRef<M> {
             let notified = self.slot.room.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            self.slot.waiters.fetch_add(1, Ordering::AcqRel);
+            self.slot.waiters.fetch_add(1, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
             // re-check after registering, so a settle in between is not missed
             if self.slot.full(n).is_some() && self.shared.accepting() && !self.slot.is_closed() {
                 notified.await;

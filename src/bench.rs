@@ -2,8 +2,13 @@
 //! (the floor), raw ractor actors (what echelon adds to), echelon — with the median of
 //! several repetitions and the ratios echelon/ractor and echelon/tokio.
 //!
-//! Workloads so far: W1 one-way throughput, W2 request/reply round trip, W3 spawning a
-//! hierarchy (span 10) with resident bytes per agent, W6 crash-to-serving latency.
+//! Workloads: W1 one-way throughput (also batched with `AgentRef::send_batch`, the
+//! references batched the same way), W2 request/reply round trip, W3 spawning a
+//! hierarchy (span 10), its resident bytes per agent (measured in a fresh process:
+//! this executable run again with `bench --rss-probe`) and its shutdown, W4 broadcast
+//! and gather, W5 a 10-stage pipeline, W6 crash-to-serving latency, W7 healthcare
+//! readings through three tiers (each reading sent alone, and each monitor's stream in
+//! batches).
 
 use std::time::{Duration, Instant};
 
