@@ -155,16 +155,6 @@ pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Release);
 }
 
-/// Increment a counter that has **one writer at a time**: an agent's `completed`,
-/// written only by its own actor (a dead actor's tasks are counted as `failed` by its
-/// supervisor, never as completed). A load and a release store, without the locked read-modify-write of
-/// [`bump`]: the owner pays nothing for the atomicity only concurrent writers need,
-/// and readers still see the count with everything that happened before it.
-#[inline]
-pub(crate) fn bump_owned(c: &AtomicU64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
-}
-
 /// Add `n` to a counter (see [`bump`]).
 #[inline]
 pub(crate) fn add(c: &AtomicU64, n: u64) {

@@ -427,8 +427,7 @@ impl<A: Agent> AgentState<A> {
     fn apply(&mut self, head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {
         // the common case: a plain task done, nobody waiting for its outcome
         if matches!(verdict, Verdict::Done) && head.meta.is_none() && head.reply.is_none() {
-            // an agent's own slot: only this actor completes tasks there
-            crate::accounting::bump_owned(&self.ctx.slot.stats.own.completed);
+            bump(&self.ctx.slot.stats.own.completed);
             return;
         }
         self.apply_general(head, verdict);
