@@ -1,7 +1,8 @@
 //! `cargo bench --bench hot_paths`: the hot paths, with criterion.
 //!
 //! - send to an agent: echelon `AgentRef::send` vs ractor's `send_message` (one-way,
-//!   measured per batch of 1,000 with a final round trip);
+//!   measured per 1,000 messages with a final round trip), and the same 1,000 as ten
+//!   `AgentRef::send_batch` of 100;
 //! - call an agent (request/reply);
 //! - router dispatch: one round-robin request through a router to a worker and back;
 //! - pipeline hop: one message through a 3-stage pipeline;
@@ -112,6 +113,14 @@ fn send(c: &mut Criterion) {
             let (tx, rx) = oneshot::channel();
             let _ = raw.send_message(RawMsg::Sync(tx));
             let _ = rx.await;
+        })
+    });
+    g.bench_function("echelon send_batch ×100", |b| {
+        b.to_async(&rt).iter(|| async {
+            for k in 0..10u64 {
+                let _ = a.send_batch((k * 100..(k + 1) * 100).map(Msg::Work));
+            }
+            let _ = a.call(Msg::Sync).await;
         })
     });
     g.finish();

@@ -8,7 +8,7 @@
 //! Counters are atomics split by writer: the *sender side* (written by whoever sends
 //! into the node's mailbox) and the *owner side* (written only by the node's own actor,
 //! or by its supervisor after the actor is dead). The two sides sit on different cache
-//! lines so senders and the agent do not contend.
+//! lines (64 bytes of padding apart) so senders and the agent do not contend.
 
 use std::ops::{Add, AddAssign};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,19 +102,21 @@ impl std::iter::Sum for Counters {
 
 /// Written by senders into the node's mailbox.
 #[derive(Debug, Default)]
-#[repr(align(64))]
 pub(crate) struct SenderSide {
-    /// External or handler-originated tasks entering here.
-    pub(crate) submitted: AtomicU64,
-    /// Every message successfully put in the mailbox (tasks, escalations, forwards).
+    /// Tasks offered here (external or handler-originated), withdrawn ones included.
+    /// Never decremented, so it is also the source of task ids: the value before a
+    /// task's increment is its sequence number, and two tasks never share one.
+    pub(crate) offered: AtomicU64,
+    /// Offered tasks withdrawn before they were enqueued (shutting down, closed).
+    /// `submitted = offered − withdrawn`.
+    pub(crate) withdrawn: AtomicU64,
+    /// Every task successfully put in the mailbox (tasks, escalations, forwards; a
+    /// batch counts its tasks).
     pub(crate) enqueued: AtomicU64,
-    /// Source of task ids: never decremented, so two live tasks never share one.
-    pub(crate) ids: AtomicU64,
 }
 
 /// Written by the node's own actor (or its supervisor once the actor is dead).
 #[derive(Debug, Default)]
-#[repr(align(64))]
 pub(crate) struct OwnerSide {
     pub(crate) settled: AtomicU64,
     pub(crate) completed: AtomicU64,
@@ -133,9 +135,14 @@ pub(crate) struct OwnerSide {
 }
 
 /// Live counters of one node.
+///
+/// The padding keeps the sender side and the owner side on different cache lines
+/// without over-aligning the slot: a 64-byte-aligned type makes every slot a
+/// `posix_memalign`, several times the cost of a plain allocation, at spawn.
 #[derive(Debug, Default)]
 pub(crate) struct NodeStats {
     pub(crate) tx: SenderSide,
+    _apart: [u64; 8],
     pub(crate) own: OwnerSide,
 }
 
@@ -174,8 +181,19 @@ impl NodeStats {
             timed_out: r(&o.timed_out),
             // read last: a task's submission happens before its outcome, so reading
             // outcomes first can only over-estimate in-flight work, never hide it.
-            submitted: r(&self.tx.submitted),
+            submitted: self.submitted(),
         }
+    }
+
+    /// Tasks submitted here: offered minus withdrawn. Withdrawals are read first, so a
+    /// concurrent withdrawal can only make the figure too high (more in flight), never
+    /// too low. SeqCst, like the phase change a shutdown's drain check waits on.
+    pub(crate) fn submitted(&self) -> u64 {
+        let withdrawn = self.tx.withdrawn.load(Ordering::SeqCst);
+        self.tx
+            .offered
+            .load(Ordering::SeqCst)
+            .saturating_sub(withdrawn)
     }
 
     /// Messages in the mailbox or being processed: enqueued but not settled.

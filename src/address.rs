@@ -17,7 +17,7 @@ use ractor::{ActorRef, MessagingErr};
 use tokio::sync::{oneshot, Notify};
 
 use crate::accounting::{bump, Counters, NodeStats};
-use crate::envelope::{Outcome, Path, Role, Task, TaskId};
+use crate::envelope::{Batch, Outcome, Path, Role, Task, TaskId};
 use crate::hierarchy::shared::Shared;
 use crate::node::NodeMsg;
 
@@ -88,17 +88,25 @@ impl<M: Send + 'static> Slot<M> {
         self.room.notify_waiters();
     }
 
-    /// The node is done with one message: count it, and wake a sender waiting for room.
+    /// The node is done with one task: count it, and wake a sender waiting for room.
     #[inline]
     pub(crate) fn settle(&self) {
-        bump(&self.stats.own.settled);
-        if self.waiters.load(Ordering::Acquire) > 0 {
+        // SeqCst, paired with `wait_for_room`: a settle and a sender registering as a
+        // waiter each write then read the other's variable, so at least one of them
+        // sees the other (the sender re-checks the room, or the settle wakes it)
+        self.stats.own.settled.fetch_add(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
             self.room.notify_waiters();
         }
     }
 
-    /// Is the mailbox at its capacity for external work?
-    fn full(&self) -> Option<u64> {
+    /// Is there no room for `n` more tasks of external work? Gives the capacity if so.
+    ///
+    /// The capacity counts tasks, not mailbox messages: `n` tasks need `n` free places.
+    /// An empty mailbox takes any batch, so a batch larger than the capacity is not
+    /// refused forever (it overshoots the capacity by that one batch).
+    #[inline]
+    fn full(&self, n: u64) -> Option<u64> {
         match self.capacity.load(Ordering::Relaxed) {
             0 => None,
             cap => {
@@ -108,7 +116,7 @@ impl<M: Send + 'static> Slot<M> {
                     .map_or(0, |a| a.load(Ordering::Acquire));
                 let load =
                     self.stats.unsettled() + self.pending_len.load(Ordering::Acquire) + extra;
-                (load >= cap).then_some(cap)
+                (load > 0 && load.saturating_add(n) > cap).then_some(cap)
             }
         }
     }
@@ -131,7 +139,7 @@ impl<M: Send + 'static> Slot<M> {
     /// Put a message in this slot's mailbox, or in its pending queue between
     /// incarnations. Gives the message back with the reason if the slot is closed.
     pub(crate) fn deliver(&self, msg: NodeMsg<M>) -> Result<(), (NodeMsg<M>, Arc<str>)> {
-        let counted = matches!(msg, NodeMsg::Task(_) | NodeMsg::Escalation(_));
+        let counted = msg.tasks();
         let msg = {
             let mb = self.read();
             if let Some(reason) = &mb.closed {
@@ -158,25 +166,28 @@ impl<M: Send + 'static> Slot<M> {
             None => msg,
         };
         self.pending().push_back(msg);
-        self.pending_len.fetch_add(1, Ordering::AcqRel);
+        self.pending_len.fetch_add(counted.max(1), Ordering::AcqRel);
         Ok(())
     }
 
     /// Send to one incarnation; on refusal (dead actor) the message comes back.
+    /// `counted`: the tasks it carries ([`NodeMsg::tasks`]), added to `enqueued`
+    /// before the send so the agent can never settle a task not yet counted.
+    #[inline]
     fn try_send(
         &self,
         actor: &ActorRef<NodeMsg<M>>,
         msg: NodeMsg<M>,
-        counted: bool,
+        counted: u64,
     ) -> Result<(), NodeMsg<M>> {
-        if counted {
-            bump(&self.stats.tx.enqueued);
+        if counted > 0 {
+            crate::accounting::add(&self.stats.tx.enqueued, counted);
         }
         match actor.send_message(msg) {
             Ok(()) => Ok(()),
             Err(e) => {
-                if counted {
-                    self.stats.tx.enqueued.fetch_sub(1, Ordering::AcqRel);
+                if counted > 0 {
+                    self.stats.tx.enqueued.fetch_sub(counted, Ordering::AcqRel);
                 }
                 match e {
                     MessagingErr::SendErr(m) => Err(m),
@@ -184,9 +195,9 @@ impl<M: Send + 'static> Slot<M> {
                     // changes, the message is gone: count it as lost, loudly
                     MessagingErr::ChannelClosed | MessagingErr::InvalidActorType => {
                         debug_assert!(false, "ractor refused a send without returning it");
-                        if counted {
-                            bump(&self.stats.own.failed);
-                            bump(&self.stats.own.lost_in_mailbox);
+                        if counted > 0 {
+                            crate::accounting::add(&self.stats.own.failed, counted);
+                            crate::accounting::add(&self.stats.own.lost_in_mailbox, counted);
                         }
                         tracing::error!(node = %self.path, "ractor refused a message without returning it; counted as lost");
                         Ok(())
@@ -205,12 +216,12 @@ impl<M: Send + 'static> Slot<M> {
         }
         let mut pending = self.pending();
         while let Some(m) = pending.pop_front() {
-            let counted = matches!(m, NodeMsg::Task(_) | NodeMsg::Escalation(_));
+            let counted = m.tasks();
             if let Err(m) = self.try_send(&actor, m, counted) {
                 pending.push_front(m);
                 break;
             }
-            self.pending_len.fetch_sub(1, Ordering::AcqRel);
+            self.pending_len.fetch_sub(counted.max(1), Ordering::AcqRel);
         }
         drop(pending);
         mb.actor = Some(actor);
@@ -306,7 +317,7 @@ impl<M: crate::Message> AgentRef<M> {
     /// [`SendError::Closed`] if this agent has stopped for good; both give the message
     /// back. A refused message is not counted as submitted.
     pub fn send(&self, msg: M) -> Result<TaskId, SendError<M>> {
-        if let Some(capacity) = self.slot.full() {
+        if let Some(capacity) = self.slot.full(1) {
             return Err(self.refuse_full(msg, capacity));
         }
         self.submit(msg, None, true)
@@ -322,7 +333,7 @@ impl<M: crate::Message> AgentRef<M> {
     /// # Cancel safety
     /// Dropping the future before it resolves sends nothing.
     pub async fn send_wait(&self, msg: M) -> Result<TaskId, SendError<M>> {
-        self.wait_for_room().await;
+        self.wait_for_room(1).await;
         self.submit(msg, None, true)
     }
 
@@ -332,21 +343,123 @@ impl<M: crate::Message> AgentRef<M> {
     /// # Errors
     /// As [`AgentRef::call`], except that it never returns [`SendError::Full`].
     pub async fn call_wait(&self, msg: M) -> Result<Outcome<M>, SendError<M>> {
-        self.wait_for_room().await;
+        self.wait_for_room(1).await;
         let (tx, rx) = oneshot::channel();
         let id = self.submit(msg, Some(tx), true)?;
         Ok(rx.await.unwrap_or_else(|_| self.lost(id)))
     }
 
-    /// Wait until the mailbox has room (or the slot closes or the hierarchy stops).
-    async fn wait_for_room(&self) {
-        while self.slot.full().is_some() && self.shared.accepting() && !self.slot.is_closed() {
+    /// Submit several tasks in **one mailbox message**: one lock, one set of counter
+    /// updates and one mailbox push for the whole batch, instead of one per task.
+    ///
+    /// Each message is a task of its own, exactly as if sent with [`AgentRef::send`]
+    /// one after the other: it has its own [`TaskId`] (the batch's ids are returned, in
+    /// order), is counted as submitted, has its own verdict, escalation and outcome, and
+    /// is redelivered on its own if its handler crashes (the tasks after it wait, then
+    /// run in order). A panic on one task affects only that task. The agent settles the
+    /// tasks one by one, so `queued()` and backpressure see the batch drain task by task,
+    /// and a kill mid-batch counts only the tasks not yet finished as lost.
+    ///
+    /// **Capacity counts tasks**, not messages: a batch of *n* needs *n* free places,
+    /// else the whole batch is refused with [`SendError::Full`] (its *n* tasks counted
+    /// as `rejected`). An empty mailbox takes any batch, so a batch larger than the
+    /// capacity is not refused forever; it overshoots the capacity by that batch.
+    ///
+    /// An empty batch sends nothing. Tasks of a batch have no reply port (use
+    /// [`AgentRef::call`] for a reply).
+    ///
+    /// # Errors
+    /// As [`AgentRef::send`], for the whole batch: nothing of a refused batch is sent,
+    /// and the messages are given back in order.
+    pub fn send_batch(
+        &self,
+        msgs: impl IntoIterator<Item = M>,
+    ) -> Result<BatchIds, SendError<Vec<M>>> {
+        let msgs: Vec<M> = msgs.into_iter().collect();
+        if msgs.is_empty() {
+            return Ok(BatchIds::empty(self.slot.uid));
+        }
+        if let Some(capacity) = self.slot.full(msgs.len() as u64) {
+            crate::accounting::add(&self.slot.stats.own.rejected, msgs.len() as u64);
+            return Err(SendError::Full {
+                msg: msgs,
+                path: self.slot.path.clone(),
+                capacity,
+            });
+        }
+        self.submit_batch(msgs, true)
+    }
+
+    /// [`AgentRef::send_batch`] with backpressure: wait until the mailbox has room for
+    /// the whole batch (an empty mailbox, for a batch larger than the capacity), then
+    /// submit it.
+    ///
+    /// # Errors
+    /// As [`AgentRef::send_batch`], except that it never returns [`SendError::Full`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it resolves sends nothing.
+    pub async fn send_batch_wait(
+        &self,
+        msgs: impl IntoIterator<Item = M>,
+    ) -> Result<BatchIds, SendError<Vec<M>>> {
+        let msgs: Vec<M> = msgs.into_iter().collect();
+        if msgs.is_empty() {
+            return Ok(BatchIds::empty(self.slot.uid));
+        }
+        self.wait_for_room(msgs.len() as u64).await;
+        self.submit_batch(msgs, true)
+    }
+
+    /// Submit a batch from inside the hierarchy or from outside (`external`).
+    pub(crate) fn submit_batch(
+        &self,
+        msgs: Vec<M>,
+        external: bool,
+    ) -> Result<BatchIds, SendError<Vec<M>>> {
+        let n = msgs.len() as u64;
+        if n == 0 {
+            return Ok(BatchIds::empty(self.slot.uid));
+        }
+        let tx = &self.slot.stats.tx;
+        // counted first, then the phase checked: see `submit_with`
+        let first = tx.offered.fetch_add(n, Ordering::SeqCst);
+        if external && !self.shared.accepting() {
+            tx.withdrawn.fetch_add(n, Ordering::SeqCst);
+            return Err(SendError::ShuttingDown { msg: msgs });
+        }
+        let batch = Batch::new(self.slot.uid, first, msgs);
+        match self.slot.deliver(NodeMsg::Batch(batch)) {
+            Ok(()) => Ok(BatchIds {
+                uid: self.slot.uid,
+                first,
+                len: n,
+            }),
+            Err((back, reason)) => {
+                tx.withdrawn.fetch_add(n, Ordering::SeqCst);
+                match back {
+                    NodeMsg::Batch(b) => Err(SendError::Closed {
+                        msg: b.into_payloads(),
+                        path: self.slot.path.clone(),
+                        reason: reason.to_string(),
+                    }),
+                    _ => unreachable_refusal(),
+                }
+            }
+        }
+    }
+
+    /// Wait until the mailbox has room for `n` tasks (or the slot closes or the
+    /// hierarchy stops).
+    async fn wait_for_room(&self, n: u64) {
+        while self.slot.full(n).is_some() && self.shared.accepting() && !self.slot.is_closed() {
             let notified = self.slot.room.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            self.slot.waiters.fetch_add(1, Ordering::AcqRel);
+            self.slot.waiters.fetch_add(1, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
             // re-check after registering, so a settle in between is not missed
-            if self.slot.full().is_some() && self.shared.accepting() && !self.slot.is_closed() {
+            if self.slot.full(n).is_some() && self.shared.accepting() && !self.slot.is_closed() {
                 notified.await;
             }
             self.slot.waiters.fetch_sub(1, Ordering::AcqRel);
@@ -382,7 +495,7 @@ impl<M: crate::Message> AgentRef<M> {
     /// # Cancel safety
     /// Dropping the future does not withdraw the task; it still runs and is counted.
     pub async fn call(&self, msg: M) -> Result<Outcome<M>, SendError<M>> {
-        if let Some(capacity) = self.slot.full() {
+        if let Some(capacity) = self.slot.full(1) {
             return Err(self.refuse_full(msg, capacity));
         }
         let (tx, rx) = oneshot::channel();
@@ -461,21 +574,21 @@ impl<M: crate::Message> AgentRef<M> {
     ) -> Result<TaskId, SendError<M>> {
         // Count first, then check the phase (both SeqCst, like `Shared::advance` and the
         // drain check's read of `submitted`): a shutdown either sees this submission and
-        // waits for it, or this sender sees the shutdown and withdraws.
-        let seq = self.slot.stats.tx.submitted.fetch_add(1, Ordering::SeqCst);
+        // waits for it, or this sender sees the shutdown and withdraws. The count before
+        // the increment is the task's sequence number (`offered` never goes down).
+        let tx = &self.slot.stats.tx;
+        let seq = tx.offered.fetch_add(1, Ordering::SeqCst);
         if external && !self.shared.accepting() {
-            self.slot.stats.tx.submitted.fetch_sub(1, Ordering::SeqCst);
+            tx.withdrawn.fetch_add(1, Ordering::SeqCst);
             return Err(SendError::ShuttingDown { msg });
         }
-        let _ = seq;
-        let seq = self.slot.stats.tx.ids.fetch_add(1, Ordering::Relaxed);
-        let id = TaskId(((self.slot.uid as u64) << 40) | (seq & ((1 << 40) - 1)));
+        let id = TaskId::at(self.slot.uid, seq);
         let mut task = Task::new(id, msg, reply);
         prepare(&mut task.head);
         match self.slot.deliver(NodeMsg::Task(task)) {
             Ok(()) => Ok(id),
             Err((back, reason)) => {
-                self.slot.stats.tx.submitted.fetch_sub(1, Ordering::AcqRel);
+                tx.withdrawn.fetch_add(1, Ordering::SeqCst);
                 match back {
                     NodeMsg::Task(t) => Err(SendError::Closed {
                         msg: t.payload,
@@ -493,6 +606,53 @@ impl<M: crate::Message> AgentRef<M> {
 fn unreachable_refusal<T>() -> T {
     // `deliver` returns the message it was given; a Task in gives a Task back.
     panic!("echelon bug: a refused task came back as a different message kind")
+}
+
+/// The ids of a batch's tasks ([`AgentRef::send_batch`]), in order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BatchIds {
+    uid: u32,
+    first: u64,
+    len: u64,
+}
+
+impl BatchIds {
+    fn empty(uid: u32) -> Self {
+        BatchIds {
+            uid,
+            first: 0,
+            len: 0,
+        }
+    }
+
+    /// How many tasks the batch had.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True for an empty batch (nothing was sent).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first task's id, if any.
+    pub fn first(&self) -> Option<TaskId> {
+        (self.len > 0).then(|| TaskId::at(self.uid, self.first))
+    }
+
+    /// The tasks' ids, in the batch's order.
+    pub fn iter(&self) -> impl Iterator<Item = TaskId> + '_ {
+        (self.first..self.first + self.len).map(|seq| TaskId::at(self.uid, seq))
+    }
+}
+
+impl fmt::Debug for BatchIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchIds")
+            .field("first", &self.first())
+            .field("len", &self.len)
+            .finish()
+    }
 }
 
 /// A task the hierarchy would not take. The message is given back.

@@ -2,8 +2,13 @@
 //! (the floor), raw ractor actors (what echelon adds to), echelon — with the median of
 //! several repetitions and the ratios echelon/ractor and echelon/tokio.
 //!
-//! Workloads so far: W1 one-way throughput, W2 request/reply round trip, W3 spawning a
-//! hierarchy (span 10) with resident bytes per agent, W6 crash-to-serving latency.
+//! Workloads: W1 one-way throughput (also batched with `AgentRef::send_batch`, the
+//! references batched the same way), W2 request/reply round trip, W3 spawning a
+//! hierarchy (span 10), its resident bytes per agent (measured in a fresh process:
+//! this executable run again with `bench --rss-probe`) and its shutdown, W4 broadcast
+//! and gather, W5 a 10-stage pipeline, W6 crash-to-serving latency, W7 healthcare
+//! readings through three tiers (each reading sent alone, and each monitor's stream in
+//! batches).
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +37,46 @@ pub struct BenchConfig {
     pub readings: u64,
     /// Repetitions per measurement (the median is reported).
     pub reps: usize,
+    /// Only these workloads (bit k set: workload Wk; bit [`W1_BATCHED`]: W1 batched),
+    /// for profiling one path; 0: all. Only W1, W1b, W2, W3 and W7 can be picked out.
+    pub only: u32,
+    /// Only these ways (bit 0: raw tokio, bit 1: raw ractor, bit 2: echelon); 0: all.
+    pub ways: u8,
+    /// Measure W3's resident bytes per agent in a fresh process (this executable run
+    /// again with `bench --rss-probe`), instead of in this one.
+    pub fresh_rss: bool,
+}
+
+/// One way of running a workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    /// Raw tokio tasks and channels.
+    Tokio = 0,
+    /// Raw ractor actors.
+    Ractor = 1,
+    /// echelon agents.
+    Echelon = 2,
+}
+
+impl Way {
+    /// Parse "tokio", "ractor" or "echelon".
+    pub fn parse(s: &str) -> Option<Way> {
+        match s {
+            "tokio" => Some(Way::Tokio),
+            "ractor" => Some(Way::Ractor),
+            "echelon" => Some(Way::Echelon),
+            _ => None,
+        }
+    }
+
+    /// The way's name, as [`Way::parse`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Way::Tokio => "tokio",
+            Way::Ractor => "ractor",
+            Way::Echelon => "echelon",
+        }
+    }
 }
 
 impl BenchConfig {
@@ -46,6 +91,9 @@ impl BenchConfig {
             pipeline: 500_000,
             readings: 1_000_000,
             reps: 5,
+            only: 0,
+            ways: 0,
+            fresh_rss: false,
         }
     }
 
@@ -60,6 +108,9 @@ impl BenchConfig {
             pipeline: 5_000,
             readings: 20_000,
             reps: 3,
+            only: 0,
+            ways: 0,
+            fresh_rss: false,
         }
     }
 }
@@ -154,6 +205,7 @@ async fn w1_tokio(n: u64) -> f64 {
 struct RawSum;
 enum RawMsg {
     Add(u64),
+    Batch(Vec<u64>),
     Done(oneshot::Sender<u64>),
     Ping(RpcReplyPort<u64>),
 }
@@ -176,6 +228,11 @@ impl Actor for RawSum {
     ) -> Result<(), ActorProcessingErr> {
         match m {
             RawMsg::Add(v) => *s = s.wrapping_add(v),
+            RawMsg::Batch(vs) => {
+                for v in vs {
+                    *s = s.wrapping_add(v);
+                }
+            }
             RawMsg::Done(tx) => {
                 let _ = tx.send(*s);
             }
@@ -232,6 +289,84 @@ async fn w1_echelon(n: u64) -> f64 {
     let t = Instant::now();
     for i in 0..n {
         let _ = a.send(Bump::Add(i));
+    }
+    let _ = a.call(Bump::Done).await;
+    let r = n as f64 / t.elapsed().as_secs_f64();
+    let _ = h.shutdown(Duration::from_secs(10)).await;
+    r
+}
+
+/// The bit of [`BenchConfig::only`] that picks the batched W1 row ("W1b").
+pub const W1_BATCHED: u32 = 8;
+
+/// W1 batched: how many messages go in one batch (`AgentRef::send_batch`).
+pub const W1_BATCH: u64 = 64;
+
+async fn w1_tokio_batched(n: u64) -> f64 {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Bump>>();
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Some(batch) = rx.recv().await {
+            for m in batch {
+                match m {
+                    Bump::Add(v) => sum = sum.wrapping_add(v),
+                    Bump::Done => {
+                        let _ = done_tx.send(sum);
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + W1_BATCH).min(n);
+        let _ = tx.send((i..end).map(Bump::Add).collect());
+        i = end;
+    }
+    let _ = tx.send(vec![Bump::Done]);
+    let _ = done_rx.await;
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn w1_ractor_batched(n: u64) -> f64 {
+    let Ok((a, h)) = Actor::spawn(None, RawSum, ()).await else {
+        return 0.0;
+    };
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + W1_BATCH).min(n);
+        let _ = a.send_message(RawMsg::Batch((i..end).collect()));
+        i = end;
+    }
+    let (tx, rx) = oneshot::channel();
+    let _ = a.send_message(RawMsg::Done(tx));
+    let _ = rx.await;
+    let r = n as f64 / t.elapsed().as_secs_f64();
+    a.stop(None);
+    let _ = h.await;
+    r
+}
+
+async fn w1_echelon_batched(n: u64) -> f64 {
+    let Ok(h) = Hierarchy::builder("w1")
+        .max_attempts(1)
+        .tier("sum", 1, |_| Sum(0))
+        .spawn()
+        .await
+    else {
+        return 0.0;
+    };
+    let Ok(a) = h.agent("sum/0") else { return 0.0 };
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + W1_BATCH).min(n);
+        let _ = a.send_batch((i..end).map(Bump::Add));
+        i = end;
     }
     let _ = a.call(Bump::Done).await;
     let r = n as f64 / t.elapsed().as_secs_f64();
@@ -349,6 +484,57 @@ async fn w3_tokio(n: usize) -> (f64, f64, f64) {
         let _ = h.await;
     }
     (spawn, bytes, t.elapsed().as_secs_f64())
+}
+
+/// Spawn `n` agents the given way on a fresh 2-worker runtime in this process and
+/// return the growth of resident memory per agent, in bytes. Meant for a fresh process
+/// (`echelon bench --rss-probe WAY N`): in a process that already ran other workloads,
+/// the allocator reuses freed memory and the reading means little.
+pub fn rss_probe(way: Way, n: usize) -> Option<f64> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .ok()?;
+    let n = n.max(1);
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            // warm up: the runtime's, ractor's and echelon's one-time allocations (the
+            // panic hook, thread-locals, the timer wheel) are not per agent
+            let _ = match way {
+                Way::Tokio => w3_tokio(10).await,
+                Way::Ractor => w3_ractor(10).await,
+                Way::Echelon => w3_echelon(10).await,
+            };
+            let (_, bytes, _) = match way {
+                Way::Tokio => w3_tokio(n).await,
+                Way::Ractor => w3_ractor(n).await,
+                Way::Echelon => w3_echelon(n).await,
+            };
+            bytes
+        })
+        .await
+        .ok()
+    })
+}
+
+/// Median of three fresh-process probes (`rss_probe` in this executable run again).
+fn fresh_rss(way: Way, n: usize) -> Option<(f64, f64, f64)> {
+    let exe = std::env::current_exe().ok()?;
+    let mut v = Vec::new();
+    for _ in 0..3 {
+        let out = std::process::Command::new(&exe)
+            .args(["bench", "--rss-probe", way.name(), &n.to_string()])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        if let Ok(b) = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>() {
+            v.push(b);
+        }
+    }
+    stats(v)
 }
 
 // ---- W6: crash → restarted → serving ---------------------------------------------
@@ -608,7 +794,12 @@ async fn w5_echelon(n: u64) -> (f64, f64) {
 
 // ---- W7: healthcare readings per second (wall clock) ---------------------------------
 
-async fn w7_echelon(n: u64) -> f64 {
+/// W7 batched: how many of one monitor's readings go in one batch.
+pub const W7_BATCH: usize = 32;
+
+/// Readings per second through the three tiers. `batch` 1: each reading sent on its
+/// own; above 1: each monitor's stream is sent in batches of that many readings.
+async fn w7_echelon(n: u64, batch: usize) -> f64 {
     use crate::sim::healthcare::{Decision, Diagnostic, Monitor, Reading, Ward};
     let Ok(h) = Hierarchy::builder("w7")
         .span(SpanOfControl::auto_split(8))
@@ -625,6 +816,13 @@ async fn w7_echelon(n: u64) -> f64 {
     if monitors.is_empty() {
         return 0.0;
     }
+    let mut buffers: Vec<Vec<Ward>> = if batch > 1 {
+        (0..monitors.len())
+            .map(|_| Vec::with_capacity(batch))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let t = Instant::now();
     for i in 0..n {
         let p = (i % monitors.len() as u64) as u32;
@@ -640,7 +838,19 @@ async fn w7_echelon(n: u64) -> f64 {
             missed_dose: false,
             episode: None,
         };
-        let _ = monitors[p as usize].send(Ward::Reading(r));
+        if batch > 1 {
+            let buf = &mut buffers[p as usize];
+            buf.push(Ward::Reading(r));
+            if buf.len() == batch {
+                let full = std::mem::replace(buf, Vec::with_capacity(batch));
+                let _ = monitors[p as usize].send_batch(full);
+            }
+        } else {
+            let _ = monitors[p as usize].send(Ward::Reading(r));
+        }
+    }
+    for (m, buf) in monitors.iter().zip(buffers) {
+        let _ = m.send_batch(buf);
     }
     let _ = h.wait_idle(Duration::from_secs(600)).await;
     let r = n as f64 / t.elapsed().as_secs_f64();
@@ -650,6 +860,9 @@ async fn w7_echelon(n: u64) -> f64 {
 
 /// Run the workloads on the current runtime.
 pub async fn run(cfg: BenchConfig) -> Vec<Row> {
+    if cfg.only != 0 || cfg.ways != 0 {
+        return run_selected(&cfg).await;
+    }
     let r = cfg.reps;
     let mut rows = Vec::new();
     let row = |name: &str, unit: &str, hib: bool, t, ra, e| Row {
@@ -660,54 +873,7 @@ pub async fn run(cfg: BenchConfig) -> Vec<Row> {
         ractor: ra,
         echelon: e,
     };
-    rows.push(row(
-        "W1 one-way throughput",
-        "msgs/s",
-        true,
-        reps(r, || w1_tokio(cfg.one_way)).await,
-        reps(r, || w1_ractor(cfg.one_way)).await,
-        reps(r, || w1_echelon(cfg.one_way)).await,
-    ));
-    rows.push(row(
-        "W2 request/reply round trip",
-        "µs",
-        false,
-        reps(r, || w2_tokio(cfg.round_trips)).await,
-        reps(r, || w2_ractor(cfg.round_trips)).await,
-        reps(r, || w2_echelon(cfg.round_trips)).await,
-    ));
-    let (mut et, mut rt, mut tt) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..r.clamp(1, 3) {
-        tt.push(w3_tokio(cfg.agents).await);
-        rt.push(w3_ractor(cfg.agents).await);
-        et.push(w3_echelon(cfg.agents).await);
-    }
-    let pick =
-        |v: &[(f64, f64, f64)], k: usize| stats(v.iter().map(|x| [x.0, x.1, x.2][k]).collect());
-    rows.push(row(
-        &format!("W3 spawn {} agents", cfg.agents),
-        "µs/agent",
-        false,
-        pick(&tt, 0).map(|(a, b, c)| per(a, b, c, cfg.agents)),
-        pick(&rt, 0).map(|(a, b, c)| per(a, b, c, cfg.agents)),
-        pick(&et, 0).map(|(a, b, c)| per(a, b, c, cfg.agents)),
-    ));
-    rows.push(row(
-        "W3 resident bytes per agent",
-        "bytes",
-        false,
-        pick(&tt, 1),
-        pick(&rt, 1),
-        pick(&et, 1),
-    ));
-    rows.push(row(
-        &format!("W3 shut down {} agents", cfg.agents),
-        "s",
-        false,
-        pick(&tt, 2),
-        pick(&rt, 2),
-        pick(&et, 2),
-    ));
+    rows.extend(w1_w2_w3_rows(&cfg).await);
     rows.push(row(
         "W4 broadcast to 8, gather all",
         "req/s",
@@ -749,14 +915,167 @@ pub async fn run(cfg: BenchConfig) -> Vec<Row> {
         None,
         reps(r, || w6_echelon(cfg.restarts)).await,
     ));
-    rows.push(row(
-        "W7 healthcare readings, 3 tiers",
-        "readings/s",
-        true,
-        None,
-        None,
-        reps(r.clamp(1, 3), || w7_echelon(cfg.readings)).await,
-    ));
+    rows.extend(w7_rows(&cfg).await);
+    rows
+}
+
+/// Only the workloads and ways asked for (`--only`, `--way`): for profiling one path.
+async fn run_selected(cfg: &BenchConfig) -> Vec<Row> {
+    let mut rows = w1_w2_w3_rows(cfg).await;
+    rows.extend(w7_rows(cfg).await);
+    rows
+}
+
+impl BenchConfig {
+    fn wants(&self, workload: u32) -> bool {
+        self.only == 0 || self.only & (1 << workload) != 0
+    }
+
+    fn way(&self, way: Way) -> bool {
+        self.ways == 0 || self.ways & (1 << way as u8) != 0
+    }
+}
+
+/// Repetitions of one way, if that way is selected.
+async fn reps_of<F, Fut>(cfg: &BenchConfig, way: Way, n: usize, f: F) -> Option<(f64, f64, f64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    if cfg.way(way) {
+        reps(n, f).await
+    } else {
+        None
+    }
+}
+
+fn row(
+    name: &str,
+    unit: &str,
+    higher_is_better: bool,
+    tokio: Option<(f64, f64, f64)>,
+    ractor: Option<(f64, f64, f64)>,
+    echelon: Option<(f64, f64, f64)>,
+) -> Row {
+    Row {
+        name: name.into(),
+        unit: unit.into(),
+        higher_is_better,
+        tokio,
+        ractor,
+        echelon,
+    }
+}
+
+async fn w1_w2_w3_rows(cfg: &BenchConfig) -> Vec<Row> {
+    let r = cfg.reps;
+    let mut rows = Vec::new();
+    if cfg.wants(1) {
+        rows.push(row(
+            "W1 one-way throughput",
+            "msgs/s",
+            true,
+            reps_of(cfg, Way::Tokio, r, || w1_tokio(cfg.one_way)).await,
+            reps_of(cfg, Way::Ractor, r, || w1_ractor(cfg.one_way)).await,
+            reps_of(cfg, Way::Echelon, r, || w1_echelon(cfg.one_way)).await,
+        ));
+    }
+    if cfg.wants(W1_BATCHED) {
+        rows.push(row(
+            &format!("W1 same, batched ×{W1_BATCH} (all three)"),
+            "msgs/s",
+            true,
+            reps_of(cfg, Way::Tokio, r, || w1_tokio_batched(cfg.one_way)).await,
+            reps_of(cfg, Way::Ractor, r, || w1_ractor_batched(cfg.one_way)).await,
+            reps_of(cfg, Way::Echelon, r, || w1_echelon_batched(cfg.one_way)).await,
+        ));
+    }
+    if cfg.wants(2) {
+        rows.push(row(
+            "W2 request/reply round trip",
+            "µs",
+            false,
+            reps_of(cfg, Way::Tokio, r, || w2_tokio(cfg.round_trips)).await,
+            reps_of(cfg, Way::Ractor, r, || w2_ractor(cfg.round_trips)).await,
+            reps_of(cfg, Way::Echelon, r, || w2_echelon(cfg.round_trips)).await,
+        ));
+    }
+    if cfg.wants(3) {
+        let (mut et, mut rt, mut tt) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..r.clamp(1, 3) {
+            if cfg.way(Way::Tokio) {
+                tt.push(w3_tokio(cfg.agents).await);
+            }
+            if cfg.way(Way::Ractor) {
+                rt.push(w3_ractor(cfg.agents).await);
+            }
+            if cfg.way(Way::Echelon) {
+                et.push(w3_echelon(cfg.agents).await);
+            }
+        }
+        let pick =
+            |v: &[(f64, f64, f64)], k: usize| stats(v.iter().map(|x| [x.0, x.1, x.2][k]).collect());
+        let us = |v: &[(f64, f64, f64)]| pick(v, 0).map(|(a, b, c)| per(a, b, c, cfg.agents));
+        rows.push(row(
+            &format!("W3 spawn {} agents", cfg.agents),
+            "µs/agent",
+            false,
+            us(&tt),
+            us(&rt),
+            us(&et),
+        ));
+        let bytes = |way: Way, v: &[(f64, f64, f64)]| {
+            if cfg.fresh_rss && cfg.way(way) {
+                fresh_rss(way, cfg.agents)
+            } else {
+                pick(v, 1)
+            }
+        };
+        rows.push(row(
+            if cfg.fresh_rss {
+                "W3 resident bytes per agent (fresh process)"
+            } else {
+                "W3 resident bytes per agent"
+            },
+            "bytes",
+            false,
+            bytes(Way::Tokio, &tt),
+            bytes(Way::Ractor, &rt),
+            bytes(Way::Echelon, &et),
+        ));
+        rows.push(row(
+            &format!("W3 shut down {} agents", cfg.agents),
+            "s",
+            false,
+            pick(&tt, 2),
+            pick(&rt, 2),
+            pick(&et, 2),
+        ));
+    }
+    rows
+}
+
+async fn w7_rows(cfg: &BenchConfig) -> Vec<Row> {
+    let mut rows = Vec::new();
+    if cfg.wants(7) {
+        let r = cfg.reps.clamp(1, 3);
+        rows.push(row(
+            "W7 healthcare readings, 3 tiers",
+            "readings/s",
+            true,
+            None,
+            None,
+            reps_of(cfg, Way::Echelon, r, || w7_echelon(cfg.readings, 1)).await,
+        ));
+        rows.push(row(
+            &format!("W7 same, batched ×{W7_BATCH} per monitor"),
+            "readings/s",
+            true,
+            None,
+            None,
+            reps_of(cfg, Way::Echelon, r, || w7_echelon(cfg.readings, W7_BATCH)).await,
+        ));
+    }
     rows
 }
 

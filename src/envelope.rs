@@ -18,6 +18,14 @@ use tokio::sync::oneshot;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TaskId(pub u64);
 
+impl TaskId {
+    /// The id of the `seq`-th task submitted at the node with this `uid`.
+    #[inline]
+    pub(crate) fn at(uid: u32, seq: u64) -> TaskId {
+        TaskId(((uid as u64) << 40) | (seq & ((1 << 40) - 1)))
+    }
+}
+
 impl fmt::Debug for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "task#{:x}", self.0)
@@ -400,6 +408,61 @@ impl<M> Task<M> {
             },
             payload,
         }
+    }
+}
+
+/// Several tasks in one mailbox message (`AgentRef::send_batch`). Each is a task of
+/// its own, with its own id (consecutive from `first`), attempts and outcome; none has
+/// a reply port. Iterating yields them in order.
+pub(crate) struct Batch<M> {
+    uid: u32,
+    next: u64,
+    payloads: std::vec::IntoIter<M>,
+}
+
+impl<M> Batch<M> {
+    /// The batch of `payloads` whose first task is the `first`-th submitted at `uid`.
+    pub(crate) fn new(uid: u32, first: u64, payloads: Vec<M>) -> Self {
+        Batch {
+            uid,
+            next: first,
+            payloads: payloads.into_iter(),
+        }
+    }
+
+    /// Tasks not yet taken out.
+    pub(crate) fn len(&self) -> usize {
+        self.payloads.len()
+    }
+
+    /// The payloads not yet taken out (to give them back on a refused send).
+    pub(crate) fn into_payloads(self) -> Vec<M> {
+        self.payloads.collect()
+    }
+}
+
+impl<M> Iterator for Batch<M> {
+    type Item = Task<M>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Task<M>> {
+        let payload = self.payloads.next()?;
+        let id = TaskId::at(self.uid, self.next);
+        self.next += 1;
+        Some(Task::new(id, payload, None))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.payloads.size_hint()
+    }
+}
+
+impl<M> fmt::Debug for Batch<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("next", &TaskId::at(self.uid, self.next))
+            .field("len", &self.payloads.len())
+            .finish()
     }
 }
 

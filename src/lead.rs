@@ -216,6 +216,12 @@ impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
                 self.on_task(task, st);
                 st.node.slot.settle();
             }
+            NodeMsg::Batch(batch) => {
+                for task in batch {
+                    self.on_task(task, st);
+                    st.node.slot.settle();
+                }
+            }
             NodeMsg::Escalation(task) => {
                 let reason = format!(
                     "{} is a {}: it takes tasks, not escalations",

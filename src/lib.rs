@@ -32,7 +32,7 @@ pub mod soak;
 pub mod supervisor;
 
 pub use accounting::Counters;
-pub use address::{AgentRef, SendError};
+pub use address::{AgentRef, BatchIds, SendError};
 pub use agent::{Agent, AgentError, Ctx, ErrorKind, Escalation, Message, StopReason, Verdict};
 pub use budget::{Budget, BudgetExceeded};
 pub use envelope::{

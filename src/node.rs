@@ -12,13 +12,16 @@ use std::time::Duration;
 use ractor::ActorId;
 use tokio::sync::oneshot;
 
-use crate::envelope::Task;
+use crate::envelope::{Batch, Task};
 
 /// A message between hierarchy actors.
 #[derive(Debug)]
 pub(crate) enum NodeMsg<M> {
     /// Work for this node.
     Task(Task<M>),
+    /// Several tasks for this node in one message (`AgentRef::send_batch`), each
+    /// handled, counted and settled as a task of its own.
+    Batch(Batch<M>),
     /// An escalation from a report (supervisors only).
     Escalation(Task<M>),
     /// A child crashed or exited and waits for its supervisor's directive. `from` is
@@ -43,6 +46,19 @@ pub(crate) enum NodeMsg<M> {
 // serializable) implementation is the right one.
 #[cfg(feature = "cluster")]
 impl<M: Send + 'static> ractor::Message for NodeMsg<M> {}
+
+impl<M> NodeMsg<M> {
+    /// How many tasks this message carries: what it adds to the node's `enqueued`
+    /// count, and what the node settles for it.
+    #[inline]
+    pub(crate) fn tasks(&self) -> u64 {
+        match self {
+            NodeMsg::Task(_) | NodeMsg::Escalation(_) => 1,
+            NodeMsg::Batch(b) => b.len() as u64,
+            _ => 0,
+        }
+    }
+}
 
 /// How a child ended an incarnation.
 #[derive(Debug, Clone)]

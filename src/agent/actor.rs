@@ -11,10 +11,40 @@ use tokio::sync::oneshot;
 use super::{Agent, AgentError, Ctx, ErrorKind, StopReason, Verdict};
 use crate::accounting::bump;
 use crate::address::Slot;
-use crate::envelope::{Decision, EscalationInfo, FailureKind, Task, TaskHead};
+use crate::envelope::{Batch, Decision, EscalationInfo, FailureKind, Task, TaskHead};
 use crate::hierarchy::shared::Shared;
 use crate::node::{Directive, Exit, NodeMsg};
 use crate::panic::{catch, CatchUnwind};
+
+/// The first attempt of a task on the fast path ([`AgentState::ready`]), written
+/// once for the single task and the batch: the handler runs inline, a crash goes to
+/// the boxed [`AgentState::redeliver`], then the task is settled and a stop asked by
+/// the handler is carried out.
+macro_rules! fast_task {
+    ($state:expr, $task:expr, $myself:expr) => {{
+        let state = &mut *$state;
+        if let Some((head, spare, payload)) = state.begin($task) {
+            let result = match state.agent.as_mut() {
+                Some(agent) => {
+                    let fut = pin!(agent.handle(&mut state.ctx, payload));
+                    CatchUnwind::new(fut).await
+                }
+                None => Ok(Err(AgentError::crash(
+                    "the agent has no live incarnation (its factory or on_start failed)",
+                ))),
+            };
+            if let Some((head, reason)) = state.finish(head, result) {
+                Box::pin(state.redeliver(head, spare, reason, $myself)).await;
+            }
+        }
+        // settled as soon as the task has its outcome: a kill during the exit below
+        // must not count it lost
+        state.ctx.slot.settle();
+        if state.take_stop_request() {
+            Box::pin(state.exit_normally($myself)).await;
+        }
+    }};
+}
 
 /// Builds agent values: once per incarnation.
 pub(crate) type Factory<A> = Arc<dyn Fn(usize) -> A + Send + Sync>;
@@ -73,8 +103,8 @@ impl<A: Agent> Actor for AgentActor<A> {
             epoch,
             stopping: None,
         };
-        state
-            .incarnate()
+        // boxed: the start future stays in the actor's task for its whole life
+        Box::pin(state.incarnate())
             .await
             .map_err(|reason| format!("agent {} failed to start: {reason}", state.ctx.path()))?;
         Ok(state)
@@ -87,15 +117,15 @@ impl<A: Agent> Actor for AgentActor<A> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            NodeMsg::Task(task) => {
-                let exit = state.on_task(task, &myself).await;
-                // settled as soon as the task has its outcome: a kill during the exit
-                // below must not count it lost
-                state.ctx.slot.settle();
-                if exit {
-                    state.exit_normally(&myself).await;
-                }
-            }
+            // The common case runs inline here; every rare path (a restart asked by a
+            // sibling strategy, a stop, a crash, an exit) is a boxed future of its own.
+            // That keeps this future, which ractor builds and moves for every message,
+            // close to the size of the user's handler future.
+            NodeMsg::Task(task) if state.ready() => fast_task!(state, task, &myself),
+            NodeMsg::Task(task) => Box::pin(state.take_slow(task, &myself)).await,
+            // each task of a batch is a task of its own: checked, counted, settled,
+            // crashed and redelivered one at a time, in order (one box per batch)
+            NodeMsg::Batch(batch) => Box::pin(state.take_batch(batch, &myself)).await,
             NodeMsg::Escalation(task) => {
                 let reason = format!(
                     "{} is an agent, not a supervisor: it takes no escalations",
@@ -112,13 +142,11 @@ impl<A: Agent> Actor for AgentActor<A> {
             NodeMsg::Respawn { .. } => {}
             NodeMsg::Reset => {
                 if state.stopping.is_none() {
-                    state.check_epoch(&myself).await;
+                    Box::pin(state.check_epoch(&myself)).await;
                 }
             }
             NodeMsg::Stop { reason } => {
-                state
-                    .begin_stop(reason, &myself, StopReason::Shutdown)
-                    .await
+                Box::pin(state.begin_stop(reason, &myself, StopReason::Shutdown)).await
             }
         }
         Ok(())
@@ -132,6 +160,124 @@ impl<A: Agent> AgentState<A> {
 
     fn fail(&self, head: TaskHead<A::Msg>, reason: &str) {
         self.ctx.shared.fail(&self.ctx.slot, head, reason);
+    }
+
+    /// The tasks of a batch, one at a time, each exactly like a task sent alone.
+    async fn take_batch(&mut self, batch: Batch<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
+        for task in batch {
+            if self.ready() {
+                fast_task!(self, task, myself);
+            } else {
+                self.take_slow(task, myself).await;
+            }
+        }
+    }
+
+    /// A task when not [`Self::ready`]: a restart asked by a sibling strategy, a stop, or
+    /// no live incarnation.
+    async fn take_slow(&mut self, task: Task<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
+        let exit = self.on_task(task, myself).await;
+        // settled as soon as the task has its outcome: a kill during the exit below must
+        // not count it lost
+        self.ctx.slot.settle();
+        if exit {
+            self.exit_normally(myself).await;
+        }
+    }
+
+    /// Nothing stands between the next task and the handler.
+    #[inline]
+    fn ready(&self) -> bool {
+        self.stopping.is_none()
+            && self.agent.is_some()
+            && !self.ctx.shared.aborting()
+            && self.slot().epoch.load(Ordering::Acquire) == self.epoch
+    }
+
+    /// The fast path's first attempt, before the handler: the copy kept for a
+    /// redelivery (only when one may happen) and the context set to the task. `None` if
+    /// the task already has its outcome (its `Clone` panicked).
+    #[inline]
+    #[allow(clippy::type_complexity)]
+    fn begin(&mut self, task: Task<A::Msg>) -> Option<(TaskHead<A::Msg>, Option<A::Msg>, A::Msg)> {
+        let Task { mut head, payload } = task;
+        let spare = if self.ctx.shared.max_attempts > 1 {
+            // user code: a panicking Clone fails the task rather than the actor
+            match catch(|| payload.clone()) {
+                Ok(copy) => Some(copy),
+                Err(p) => {
+                    let why = format!("cloning the message for a possible retry {p}");
+                    let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
+                    shared.fail_as(slot, head, &why, FailureKind::Crashed);
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        head.attempt = 1;
+        self.ctx.task = head.id;
+        self.ctx.attempt = 1;
+        // ctx.meta is None between tasks: swapping moves without a drop
+        std::mem::swap(&mut self.ctx.meta, &mut head.meta);
+        Some((head, spare, payload))
+    }
+
+    /// The fast path's first attempt, after the handler: the verdict applied, or the
+    /// task failed on a rejection. A crash gives the head and the reason back, for
+    /// [`Self::redeliver`].
+    #[inline]
+    fn finish(
+        &mut self,
+        mut head: TaskHead<A::Msg>,
+        result: Result<Result<Verdict<A::Msg>, AgentError>, String>,
+    ) -> Option<(TaskHead<A::Msg>, String)> {
+        std::mem::swap(&mut self.ctx.meta, &mut head.meta);
+        match result {
+            Ok(Ok(verdict)) => {
+                self.apply(head, verdict);
+                None
+            }
+            Ok(Err(e)) if e.kind() == ErrorKind::Reject => {
+                let reason = format!("rejected by {}: {e}", self.ctx.path());
+                let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
+                shared.fail_as(slot, head, &reason, FailureKind::Rejected);
+                None
+            }
+            Ok(Err(e)) => Some((head, format!("crash error: {e}"))),
+            Err(panic) => Some((head, panic)),
+        }
+    }
+
+    /// After a crash on the fast path: recover, then go on like [`Self::run`].
+    async fn redeliver(
+        &mut self,
+        head: TaskHead<A::Msg>,
+        spare: Option<A::Msg>,
+        reason: String,
+        myself: &ActorRef<NodeMsg<A::Msg>>,
+    ) {
+        let Some(head) = self.crashed(head, reason, myself).await else {
+            return;
+        };
+        match spare {
+            Some(payload) => self.run(head, payload, myself).await,
+            None => self.ctx.shared.fail_as(
+                &self.ctx.slot,
+                head,
+                "echelon lost the task payload between attempts",
+                FailureKind::Lost,
+            ),
+        }
+    }
+
+    /// The agent asked to stop during this task (and no stop is under way).
+    fn take_stop_request(&mut self) -> bool {
+        if self.ctx.stop_requested && self.stopping.is_none() {
+            self.ctx.stop_requested = false;
+            return true;
+        }
+        false
     }
 
     /// Give the task its outcome. True if the agent asked to stop afterwards.
@@ -159,11 +305,7 @@ impl<A: Agent> AgentState<A> {
             return false;
         }
         self.run(head, payload, myself).await;
-        if self.ctx.stop_requested && self.stopping.is_none() {
-            self.ctx.stop_requested = false;
-            return true;
-        }
-        false
+        self.take_stop_request()
     }
 
     /// Run the handler until the task has an outcome: redeliver after crashes while
@@ -234,40 +376,65 @@ impl<A: Agent> AgentState<A> {
                 Ok(Err(e)) => format!("crash error: {e}"),
                 Err(panic) => panic,
             };
-            tracing::debug!(agent = %self.ctx.path(), task = %head.id, attempt = head.attempt, %reason, "handler crashed");
-            let entry = self.ctx.shared.entry(
-                self.slot(),
-                Decision::Crashed {
-                    attempt: head.attempt,
-                    reason: reason.clone(),
-                },
-            );
-            head.record(entry);
-            match self.recover(reason.clone(), myself).await {
-                Ok(()) if head.attempt < max => continue,
-                Ok(()) => {
-                    let why = format!(
-                        "gave up after {} attempt(s); last crash: {reason}",
-                        head.attempt
-                    );
-                    let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
-                    shared.fail_as(slot, head, &why, FailureKind::Crashed);
-                    return;
-                }
-                Err(stop) => {
-                    let why = format!(
-                        "{} stopped after a crash ({reason}): {stop}",
-                        self.ctx.path()
-                    );
-                    self.fail(head, &why);
-                    return;
-                }
+            match self.crashed(head, reason, myself).await {
+                Some(h) => head = h,
+                None => return,
+            }
+        }
+    }
+
+    /// A handler attempt crashed: record it, ask the supervisor and restart. Gives the
+    /// head back if the task is to be attempted again, else fails it.
+    async fn crashed(
+        &mut self,
+        mut head: TaskHead<A::Msg>,
+        reason: String,
+        myself: &ActorRef<NodeMsg<A::Msg>>,
+    ) -> Option<TaskHead<A::Msg>> {
+        let max = self.ctx.shared.max_attempts.max(1);
+        tracing::debug!(agent = %self.ctx.path(), task = %head.id, attempt = head.attempt, %reason, "handler crashed");
+        let entry = self.ctx.shared.entry(
+            self.slot(),
+            Decision::Crashed {
+                attempt: head.attempt,
+                reason: reason.clone(),
+            },
+        );
+        head.record(entry);
+        match self.recover(reason.clone(), myself).await {
+            Ok(()) if head.attempt < max => Some(head),
+            Ok(()) => {
+                let why = format!(
+                    "gave up after {} attempt(s); last crash: {reason}",
+                    head.attempt
+                );
+                let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
+                shared.fail_as(slot, head, &why, FailureKind::Crashed);
+                None
+            }
+            Err(stop) => {
+                let why = format!(
+                    "{} stopped after a crash ({reason}): {stop}",
+                    self.ctx.path()
+                );
+                self.fail(head, &why);
+                None
             }
         }
     }
 
     /// Turn a verdict into the task's next step.
-    fn apply(&mut self, mut head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {
+    #[inline]
+    fn apply(&mut self, head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {
+        // the common case: a plain task done, nobody waiting for its outcome
+        if matches!(verdict, Verdict::Done) && head.meta.is_none() && head.reply.is_none() {
+            bump(&self.ctx.slot.stats.own.completed);
+            return;
+        }
+        self.apply_general(head, verdict);
+    }
+
+    fn apply_general(&mut self, mut head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {
         let shared = &self.ctx.shared;
         let slot = &self.ctx.slot;
         match verdict {
@@ -493,6 +660,12 @@ pub(crate) fn refuse<M: crate::Message>(
         NodeMsg::Task(t) | NodeMsg::Escalation(t) => {
             let why = format!("{} stopped before handling the task: {reason}", slot.path);
             shared.fail(slot, t.head, &why);
+        }
+        NodeMsg::Batch(batch) => {
+            let why = format!("{} stopped before handling the task: {reason}", slot.path);
+            for t in batch {
+                shared.fail(slot, t.head, &why);
+            }
         }
         NodeMsg::ChildExit { reply, .. } => {
             let _ = reply.send(Directive::Stop {

@@ -24,7 +24,9 @@ pub struct Ctx<M> {
     pub(crate) tier: Arc<str>,
     pub(crate) index: usize,
     pub(crate) incarnation: u64,
-    rng: Option<StdRng>,
+    /// Boxed: a `StdRng` is about 330 bytes, which every agent would otherwise carry
+    /// in its actor's task whether it draws or not.
+    rng: Option<Box<StdRng>>,
     pub(crate) task: TaskId,
     pub(crate) attempt: u32,
     pub(crate) meta: Option<Box<TaskMeta<M>>>,
@@ -119,7 +121,8 @@ impl<M: crate::Message> Ctx<M> {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add((self.slot.uid as u64) << 20)
             .wrapping_add(self.incarnation);
-        self.rng.get_or_insert_with(|| StdRng::seed_from_u64(seed))
+        self.rng
+            .get_or_insert_with(|| Box::new(StdRng::seed_from_u64(seed)))
     }
 
     /// Time since the hierarchy started, on the runtime clock (virtual under a paused
@@ -143,6 +146,20 @@ impl<M: crate::Message> Ctx<M> {
     /// [`SendError::Closed`] if the target has stopped for good.
     pub fn send(&self, to: &AgentRef<M>, msg: M) -> Result<TaskId, SendError<M>> {
         to.submit(msg, None, false)
+    }
+
+    /// Submit several *new* tasks to another agent in one mailbox message (see
+    /// [`AgentRef::send_batch`]; like [`Ctx::send`], never refused for capacity and
+    /// allowed during a graceful shutdown).
+    ///
+    /// # Errors
+    /// [`SendError::Closed`] if the target has stopped for good; nothing is sent.
+    pub fn send_batch(
+        &self,
+        to: &AgentRef<M>,
+        msgs: impl IntoIterator<Item = M>,
+    ) -> Result<crate::address::BatchIds, SendError<Vec<M>>> {
+        to.submit_batch(msgs.into_iter().collect(), false)
     }
 
     /// Spend `units` of the current task's budget (a no-op if it has none).

@@ -55,6 +55,24 @@ enum Command {
         /// Also write the rows as JSON to this file.
         #[arg(long, value_name = "OUT")]
         json: Option<PathBuf>,
+        /// Profiling: only these workloads, e.g. "W1,W2" (W1, W1b for W1 batched, W2,
+        /// W3, W7).
+        #[arg(long, hide = true, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Profiling: only these ways, e.g. "echelon,ractor".
+        #[arg(long, hide = true, value_delimiter = ',')]
+        way: Vec<String>,
+        /// Profiling: this many repetitions.
+        #[arg(long, hide = true)]
+        reps: Option<usize>,
+        /// Profiling: this size for every selected workload (messages, round trips,
+        /// agents, readings).
+        #[arg(long, hide = true)]
+        n: Option<u64>,
+        /// Internal: spawn N agents the given way in this fresh process and print the
+        /// growth of resident memory per agent (W3 bytes per agent).
+        #[arg(long, hide = true, value_names = ["WAY", "N"], num_args = 2)]
+        rss_probe: Vec<String>,
     },
     /// Chaos soak: push tasks through a three-level hierarchy and a pipeline with a
     /// broadcast stage while handlers panic at random and one team keeps failing past
@@ -127,7 +145,58 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Bench { quick, json } => bench(quick, json),
+        Command::Bench {
+            quick,
+            json,
+            only,
+            way,
+            reps,
+            n,
+            rss_probe,
+        } => {
+            if !rss_probe.is_empty() {
+                return rss_probe_cmd(&rss_probe);
+            }
+            let mut cfg = if quick {
+                echelon::bench::BenchConfig::quick()
+            } else {
+                echelon::bench::BenchConfig::full()
+            };
+            for w in &only {
+                let w = w.trim();
+                if w.eq_ignore_ascii_case("W1b") {
+                    cfg.only |= 1 << echelon::bench::W1_BATCHED;
+                    continue;
+                }
+                match w.trim_start_matches(['W', 'w']).parse::<u32>() {
+                    Ok(k @ (1 | 2 | 3 | 7)) => cfg.only |= 1 << k,
+                    _ => {
+                        eprintln!("echelon: --only takes W1, W1b, W2, W3 or W7, not {w:?}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            for w in &way {
+                match echelon::bench::Way::parse(w.trim()) {
+                    Some(k) => cfg.ways |= 1 << k as u8,
+                    None => {
+                        eprintln!("echelon: --way takes tokio, ractor or echelon, not {w:?}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            if let Some(r) = reps {
+                cfg.reps = r.max(1);
+            }
+            if let Some(n) = n {
+                cfg.one_way = n;
+                cfg.round_trips = n;
+                cfg.agents = usize::try_from(n).unwrap_or(usize::MAX);
+                cfg.readings = n;
+            }
+            cfg.fresh_rss = true;
+            bench(cfg, json)
+        }
         #[cfg(feature = "cluster")]
         Command::Node {
             name,
@@ -325,7 +394,28 @@ fn soak(tasks: u64, panic_rate: f64, seed: u64, json: bool) -> ExitCode {
     }
 }
 
-fn bench(quick: bool, json: Option<PathBuf>) -> ExitCode {
+/// `bench --rss-probe WAY N`: one W3 memory measurement in this fresh process.
+fn rss_probe_cmd(args: &[String]) -> ExitCode {
+    let (Some(way), Some(Ok(n))) = (
+        args.first().and_then(|w| echelon::bench::Way::parse(w)),
+        args.get(1).map(|n| n.parse::<usize>()),
+    ) else {
+        eprintln!("echelon: --rss-probe takes a way (tokio, ractor, echelon) and a count");
+        return ExitCode::from(2);
+    };
+    match echelon::bench::rss_probe(way, n) {
+        Some(bytes) => {
+            println!("{bytes:.1}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("echelon: the rss probe could not run");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn bench(cfg: echelon::bench::BenchConfig, json: Option<PathBuf>) -> ExitCode {
     // two workers: the reference figures in the brief were measured that way
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -337,11 +427,6 @@ fn bench(quick: bool, json: Option<PathBuf>) -> ExitCode {
             eprintln!("echelon: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
-    };
-    let cfg = if quick {
-        echelon::bench::BenchConfig::quick()
-    } else {
-        echelon::bench::BenchConfig::full()
     };
     // run on a worker thread, not in block_on's future, so wake-ups stay on the pool
     let rows = match rt.block_on(async { tokio::spawn(echelon::bench::run(cfg)).await }) {

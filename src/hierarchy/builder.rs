@@ -522,11 +522,15 @@ impl<M: crate::Message> Plan<'_, M> {
             .by_path
             .entry(format!("{tier}/{index}"))
             .or_insert_with(|| slot.clone());
-        self.dir
-            .by_tier
-            .entry(tier.to_string())
-            .or_default()
-            .push(slot.clone());
+        // no String for the key unless the tier is new (this runs once per agent)
+        match self.dir.by_tier.get_mut(tier) {
+            Some(slots) => slots.push(slot.clone()),
+            None => {
+                self.dir
+                    .by_tier
+                    .insert(tier.to_string(), vec![slot.clone()]);
+            }
+        }
         slot
     }
 

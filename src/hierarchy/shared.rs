@@ -159,12 +159,7 @@ impl<M: crate::Message> Shared<M> {
             c.submitted = 0;
             outcomes += c;
         }
-        let submitted: u64 = self
-            .directory
-            .all
-            .iter()
-            .map(|s| s.stats.tx.submitted.load(Ordering::SeqCst))
-            .sum();
+        let submitted: u64 = self.directory.all.iter().map(|s| s.stats.submitted()).sum();
         outcomes.submitted = submitted;
         outcomes
     }

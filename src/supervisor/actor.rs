@@ -163,6 +163,16 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
                 state.shared.fail(&state.slot, task.head, &reason);
                 state.slot.settle();
             }
+            NodeMsg::Batch(batch) => {
+                let reason = format!(
+                    "{} is a supervisor; send tasks to its agents",
+                    state.slot.path
+                );
+                for task in batch {
+                    state.shared.fail(&state.slot, task.head, &reason);
+                    state.slot.settle();
+                }
+            }
             NodeMsg::ChildExit {
                 child,
                 from,
