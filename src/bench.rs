@@ -634,7 +634,14 @@ async fn w5_ractor(n: u64) -> (f64, f64) {
 /// path). The trip is a `call` on the pipeline's entry; the throughput sends `n`
 /// messages and waits until the pipeline is idle.
 async fn w5_echelon(n: u64) -> (f64, f64) {
+    w5_pipeline(n, false).await
+}
+
+async fn w5_pipeline(n: u64, coordinated: bool) -> (f64, f64) {
     let mut b = crate::Pipeline::builder("w5");
+    if coordinated {
+        b = b.coordinated();
+    }
     for i in 0..STAGES {
         b = b.stage(crate::Stage::agent(format!("s{i}"), |_| Echo));
     }
@@ -657,6 +664,18 @@ async fn w5_echelon(n: u64) -> (f64, f64) {
     let r = (n as f64 / t.elapsed().as_secs_f64(), trip);
     let _ = p.shutdown(Duration::from_secs(10)).await;
     r
+}
+
+/// One W5 measurement of one implementation (`"tokio"`, `"ractor"`, `"echelon"`, or
+/// `"coordinated"`: echelon with the chained path turned off), for profiling: (msgs/s for `n` messages, µs for a trip through the ten stages).
+pub async fn w5_once(which: &str, n: u64) -> Option<(f64, f64)> {
+    match which {
+        "tokio" => Some(w5_tokio(n).await),
+        "ractor" => Some(w5_ractor(n).await),
+        "echelon" => Some(w5_echelon(n).await),
+        "coordinated" => Some(w5_pipeline(n, true).await),
+        _ => None,
+    }
 }
 
 /// The W5 rows: throughput and the latency of one message through the ten stages,
