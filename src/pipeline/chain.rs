@@ -371,7 +371,8 @@ pub(crate) fn start<M: crate::Message>(
     };
     // the run's escalations come back to this lead as its result
     head.branch = true;
-    enter(&node.shared, &node.slot, head, link, 0, payload);
+    head.meta_mut().chain = Some(link);
+    enter(&node.shared, &node.slot, head, 0, payload);
 }
 
 /// Answers the caller at the run's deadline, unless the run ended first.
@@ -431,42 +432,64 @@ fn take_link<M>(head: &mut TaskHead<M>) -> Option<Link<M>> {
     head.meta.as_mut().and_then(|m| m.chain.take())
 }
 
+/// The link of a chained task, in place.
+fn link_mut<M>(head: &mut TaskHead<M>) -> Option<&mut Link<M>> {
+    head.meta.as_deref_mut().and_then(|m| m.chain.as_mut())
+}
+
+/// End the run with `end` (the link comes out of the task).
+fn end_with<M: crate::Message>(
+    shared: &Shared<M>,
+    at: &Slot<M>,
+    mut head: TaskHead<M>,
+    end: End<M>,
+) {
+    if let Some(link) = take_link(&mut head) {
+        finish(shared, at, head, link, end);
+    }
+}
+
+fn failed(err: RunError, kind: FailureKind, status: StageStatus) -> End<std::convert::Infallible> {
+    End::Failed { err, kind, status }
+}
+
+impl End<std::convert::Infallible> {
+    fn into<M>(self) -> End<M> {
+        match self {
+            End::Failed { err, kind, status } => End::Failed { err, kind, status },
+            End::Output(never) => match never {},
+        }
+    }
+}
+
 /// `Shared::complete` of a chained task: the stage that held it is done; `reply` (or
 /// its input, for `Verdict::Done` and an absorbed escalation) goes to the next stage.
+/// The link stays in the task's metadata: a hop moves no more than the task.
 pub(crate) fn stage_done<M: crate::Message>(
     shared: &Shared<M>,
     at: &Slot<M>,
     mut head: TaskHead<M>,
     reply: Option<M>,
 ) {
-    let Some(mut link) = take_link(&mut head) else {
+    let Some(meta) = head.meta.as_deref_mut() else {
         return;
     };
-    if let Some(meta) = head.meta.as_mut() {
-        // an escalation absorbed on the way ends with the stage
+    // an escalation absorbed on the way ends with the stage
+    if meta.escalation.is_some() {
         meta.escalation = None;
     }
-    let out = match reply.or_else(|| link.input.take()) {
-        Some(m) => m,
-        None => {
-            let i = link.stage;
-            let reason = "echelon lost the stage's input".to_string();
-            let err = stage_error(&link, i, reason.clone());
-            return finish(
-                shared,
-                at,
-                head,
-                link,
-                End::Failed {
-                    err,
-                    kind: FailureKind::Lost,
-                    status: StageStatus::Failed(reason),
-                },
-            );
-        }
+    let Some(link) = meta.chain.as_mut() else {
+        return;
     };
-    link.input = None;
-    advance(shared, at, head, link, out);
+    let input = link.input.take();
+    let Some(out) = reply.or(input) else {
+        let i = link.stage;
+        let reason = "echelon lost the stage's input".to_string();
+        let err = stage_error(link, i, reason.clone());
+        let end = failed(err, FailureKind::Lost, StageStatus::Failed(reason));
+        return end_with(shared, at, head, end.into());
+    };
+    advance(shared, at, head, out);
 }
 
 fn stage_error<M: crate::Message>(link: &Link<M>, i: usize, reason: String) -> RunError {
@@ -479,107 +502,117 @@ fn stage_error<M: crate::Message>(link: &Link<M>, i: usize, reason: String) -> R
     }
 }
 
-/// Stage `link.stage` produced `out`: on to the next stage, or the run's end.
-fn advance<M: crate::Message>(
-    shared: &Shared<M>,
-    at: &Slot<M>,
-    head: TaskHead<M>,
-    mut link: Link<M>,
-    out: M,
-) {
+/// The stage that holds the run produced `out`: on to the next stage, or the run's
+/// end.
+fn advance<M: crate::Message>(shared: &Shared<M>, at: &Slot<M>, mut head: TaskHead<M>, out: M) {
+    let Some(meta) = head.meta.as_deref_mut() else {
+        return;
+    };
+    let budget = meta.budget.as_ref();
+    let Some(link) = meta.chain.as_mut() else {
+        return;
+    };
     let i = link.stage;
     // a refused spend anywhere in the stage ends the run
-    if let Some(exceeded) = head.budget().and_then(|b| b.refusal()) {
+    if let Some(exceeded) = budget.and_then(|b| b.refusal()) {
         let status = StageStatus::Failed(exceeded.to_string());
         let err = RunError::Budget {
             stage: link.name(i),
             exceeded,
         };
-        let kind = FailureKind::Rejected;
-        return finish(shared, at, head, link, End::Failed { err, kind, status });
+        let end = failed(err, FailureKind::Rejected, status);
+        return end_with(shared, at, head, end.into());
     }
-    let budget = head.budget();
     link.tally(|t| t.close(i, spent(budget), StageStatus::Done));
     if i + 1 >= link.p.stages.len() {
-        finish(shared, at, head, link, End::Output(out));
+        end_with(shared, at, head, End::Output(out));
     } else {
-        enter(shared, at, head, link, i + 1, out);
+        enter(shared, at, head, i + 1, out);
     }
 }
 
-/// Hand the run to stage `i` with `input`. `at` is where the task is now (it ends
-/// there if the run cannot go on).
+/// Hand the run to stage `i` with `input`. `at` is where the task is now (the run ends
+/// there if it cannot go on).
 fn enter<M: crate::Message>(
     shared: &Shared<M>,
     at: &Slot<M>,
     mut head: TaskHead<M>,
-    mut link: Link<M>,
     i: usize,
     input: M,
 ) {
+    let Some(meta) = head.meta.as_deref_mut() else {
+        return;
+    };
+    let budget = meta.budget.as_ref();
+    let Some(link) = meta.chain.as_mut() else {
+        return;
+    };
     if let Answer::Watched(w) = &link.answer {
         if link.answered() {
             // the deadline answered the caller; the task ends here, as a failure
-            return finish_quietly(at, link);
+            if let Some(link) = take_link(&mut head) {
+                finish_quietly(at, link);
+            }
+            return;
         }
         if Instant::now() >= w.deadline {
-            let stage = link.stage;
             let err = RunError::Deadline {
-                stage: link.name(stage),
+                stage: link.name(link.stage),
                 deadline: w.limit,
             };
-            let status = StageStatus::Interrupted;
-            let kind = FailureKind::Routing;
-            return finish(shared, at, head, link, End::Failed { err, kind, status });
+            let end = failed(err, FailureKind::Routing, StageStatus::Interrupted);
+            return end_with(shared, at, head, end.into());
         }
     }
-    if shared.aborting() {
-        let err = RunError::Stopped {
-            stage: link.name(link.stage),
-        };
-        let (kind, status) = (FailureKind::Stopped, StageStatus::Interrupted);
-        return finish(shared, at, head, link, End::Failed { err, kind, status });
-    }
-    link.open(i, head.budget());
+    link.open(i, budget);
     let stage = &link.p.stages[i];
     if stage.cost > 0 {
-        if let Some(Err(exceeded)) = head.budget().map(|b| b.spend(stage.cost)) {
+        if let Some(Err(exceeded)) = budget.map(|b| b.spend(stage.cost)) {
             let status = StageStatus::Failed(exceeded.to_string());
             let err = RunError::Budget {
                 stage: link.name(i),
                 exceeded,
             };
-            let kind = FailureKind::Rejected;
-            return finish(shared, at, head, link, End::Failed { err, kind, status });
+            let end = failed(err, FailureKind::Rejected, status);
+            return end_with(shared, at, head, end.into());
         }
     }
     match &stage.entry {
         Entry::Node(slot) => {
-            let slot = slot.clone();
+            // the stage's slot, borrowed from the hierarchy rather than from the run (the
+            // run moves into the message); a clone only if it is not there
+            let uid = slot.uid as usize;
+            let owned;
+            let target: &Slot<M> = match shared.directory.all.get(uid) {
+                Some(s) if std::ptr::eq::<Slot<M>>(&**s, &**slot) => s,
+                _ => {
+                    owned = slot.clone();
+                    &owned
+                }
+            };
             // user code: a panicking Clone fails the run rather than this actor
             match crate::panic::catch(|| input.clone()) {
                 Ok(copy) => link.input = Some(copy),
                 Err(p) => {
                     let reason = format!("cloning the stage's input {p}");
-                    let err = stage_error(&link, i, reason.clone());
-                    let (kind, status) = (FailureKind::Crashed, StageStatus::Failed(reason));
-                    return finish(shared, at, head, link, End::Failed { err, kind, status });
+                    let err = stage_error(link, i, reason.clone());
+                    let end = failed(err, FailureKind::Crashed, StageStatus::Failed(reason));
+                    return end_with(shared, at, head, end.into());
                 }
             }
             head.attempt = 0;
-            head.meta_mut().chain = Some(link);
             let task = Task {
                 head,
                 payload: input,
             };
-            if let Err((NodeMsg::Task(t), why)) = slot.deliver(NodeMsg::Task(task)) {
+            if let Err((NodeMsg::Task(t), why)) = target.deliver(NodeMsg::Task(task)) {
                 let mut head = t.head;
-                if let Some(mut link) = take_link(&mut head) {
+                if let Some(link) = link_mut(&mut head) {
                     link.input = None;
-                    let reason = format!("stage {} is closed: {why}", slot.path);
-                    let err = stage_error(&link, i, reason.clone());
-                    let (kind, status) = (FailureKind::Routing, StageStatus::Failed(reason));
-                    finish(shared, at, head, link, End::Failed { err, kind, status });
+                    let reason = format!("stage {} is closed: {why}", target.path);
+                    let err = stage_error(link, i, reason.clone());
+                    let end = failed(err, FailureKind::Routing, StageStatus::Failed(reason));
+                    end_with(shared, at, head, end.into());
                 }
             }
         }
@@ -588,14 +621,14 @@ fn enter<M: crate::Message>(
             let home = link.p.home.get();
             match home.and_then(|h| h.shared.upgrade().map(|s| (s, h.slot.clone()))) {
                 Some((shared, slot)) => {
-                    tokio::spawn(run_function(shared, slot, head, link, f, input));
+                    tokio::spawn(run_function(shared, slot, head, f, input));
                 }
                 None => {
                     let err = RunError::Stopped {
                         stage: link.name(i),
                     };
-                    let (kind, status) = (FailureKind::Stopped, StageStatus::Interrupted);
-                    finish(shared, at, head, link, End::Failed { err, kind, status });
+                    let end = failed(err, FailureKind::Stopped, StageStatus::Interrupted);
+                    end_with(shared, at, head, end.into());
                 }
             }
         }
@@ -607,12 +640,19 @@ fn enter<M: crate::Message>(
 async fn run_function<M: crate::Message>(
     shared: Arc<Shared<M>>,
     home: Arc<Slot<M>>,
-    head: TaskHead<M>,
-    link: Link<M>,
+    mut head: TaskHead<M>,
     f: super::StageFn<M>,
     input: M,
 ) {
+    let Some(link) = link_mut(&mut head) else {
+        return;
+    };
     let i = link.stage;
+    let runs = link.p.runs.clone();
+    let deadline = match &link.answer {
+        Answer::Watched(w) => Some((w.deadline, w.limit)),
+        Answer::Direct(_) => None,
+    };
     let attempt = async {
         // the function itself runs user code before it returns its future
         match crate::panic::catch(|| f(input)) {
@@ -624,10 +664,6 @@ async fn run_function<M: crate::Message>(
             Err(panic) => Err(panic),
         }
     };
-    let deadline = match &link.answer {
-        Answer::Watched(w) => Some((w.deadline, w.limit)),
-        Answer::Direct(_) => None,
-    };
     let bounded = async {
         match deadline {
             Some((at, limit)) => tokio::time::timeout_at(at, attempt)
@@ -638,32 +674,35 @@ async fn run_function<M: crate::Message>(
     };
     let got = tokio::select! {
         got = bounded => got,
-        () = link.p.runs.aborted() => Err(None),
+        () = runs.aborted() => Err(None),
+    };
+    let Some(link) = link_mut(&mut head) else {
+        return;
     };
     let end = match got {
-        Ok(Ok(m)) => return advance(&shared, &home, head, link, m),
-        Ok(Err(reason)) => End::Failed {
-            err: stage_error(&link, i, reason.clone()),
-            kind: FailureKind::Routing,
-            status: StageStatus::Failed(reason),
-        },
-        Err(Some(limit)) => End::Failed {
-            err: RunError::Deadline {
+        Ok(Ok(m)) => return advance(&shared, &home, head, m),
+        Ok(Err(reason)) => failed(
+            stage_error(link, i, reason.clone()),
+            FailureKind::Routing,
+            StageStatus::Failed(reason),
+        ),
+        Err(Some(limit)) => failed(
+            RunError::Deadline {
                 stage: link.name(i),
                 deadline: limit,
             },
-            kind: FailureKind::Routing,
-            status: StageStatus::Interrupted,
-        },
-        Err(None) => End::Failed {
-            err: RunError::Stopped {
+            FailureKind::Routing,
+            StageStatus::Interrupted,
+        ),
+        Err(None) => failed(
+            RunError::Stopped {
                 stage: link.name(i),
             },
-            kind: FailureKind::Stopped,
-            status: StageStatus::Interrupted,
-        },
+            FailureKind::Stopped,
+            StageStatus::Interrupted,
+        ),
     };
-    finish(&shared, &home, head, link, end);
+    end_with(&shared, &home, head, end.into());
 }
 
 /// `Shared::fail_as` of a chained task: the run ends at the stage that held it.
