@@ -8,14 +8,25 @@
 //! ([`crate::Budget`]), shared with every branch it fans out to.
 //!
 //! Many runs are in flight at once and stages work concurrently on different runs
-//! (each stage node is one actor with its own mailbox). **Ordering:** each stage takes
-//! its inputs in the order they reach its mailbox; runs are not ordered with each
-//! other, so a fast run can overtake a slow or retried one. A failure names the stage,
+//! (each stage node is one actor with its own mailbox).
+//!
+//! **Two paths.** When every stage is a single agent or a plain function with one
+//! attempt, no timeout and no fallback ([`PipelineHandle::is_chained`]), a run is
+//! *chained*: its task goes from each stage's mailbox straight to the next one's and
+//! the stage where it ends answers (see `chain`). Otherwise a coordinator task drives
+//! each run, sending every stage a branch and waiting for it (see `actor`): retries,
+//! stage timeouts, fallbacks, router and team stages need it. Both give the same
+//! outputs, failures and reports; a chained run is one task in the counters, a
+//! coordinated one a task plus a branch per node stage.
+//!
+//! **Ordering:** each stage takes its inputs in the order they reach its mailbox.
+//! Chained runs from one sender keep their order through agent stages; a function
+//! stage, and the coordinator, let a fast run overtake a slow or retried one. A failure names the stage,
 //! its index, the attempt and the reason ([`RunError`]); [`RunReport`] gives every
 //! stage's attempts, time and spend.
 //!
-//! Layout: `stage` (stages, retry) · `actor` (the pipeline actor and the run task) · this
-//! file (config, builder, handle, report).
+//! Layout: `stage` (stages, retry) · `actor` (the pipeline actor and the coordinated run
+//! task) · `chain` (the chained fast path) · this file (config, builder, handle, report).
 
 pub(crate) mod actor;
 pub(crate) mod chain;
