@@ -5,7 +5,7 @@
 //!   `AgentRef::send_batch` of 100;
 //! - call an agent (request/reply);
 //! - router dispatch: one round-robin request through a router to a worker and back;
-//! - pipeline hop: one message through a 3-stage pipeline;
+//! - pipeline hop: one message through a 3-stage pipeline, chained and coordinated;
 //! - escalation decision: an escalation judged by a threshold and delivered out of the top.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
@@ -158,24 +158,33 @@ fn router_dispatch(c: &mut Criterion) {
 
 fn pipeline_hop(c: &mut Criterion) {
     let rt = rt();
-    let p = rt.block_on(async {
-        Pipeline::builder("p")
-            .stage(Stage::agent("a", |_| Echo))
-            .stage(Stage::agent("b", |_| Echo))
-            .stage(Stage::agent("c", |_| Echo))
-            .spawn()
-            .await
-            .expect("spawn")
-    });
-    let entry = p.entry().clone();
-    c.bench_function("pipeline, 3 stages (request/reply)", |b| {
-        b.to_async(&rt).iter(|| async {
-            let _ = entry.call(Msg::Sync).await;
-        })
-    });
-    rt.block_on(async {
-        let _ = p.shutdown(Duration::from_secs(5)).await;
-    });
+    // the same three agent stages on both paths: chained (the default for such a
+    // pipeline) and coordinated (a run task sending each stage a branch)
+    for coordinated in [false, true] {
+        let p = rt.block_on(async {
+            let b = Pipeline::builder("p")
+                .stage(Stage::agent("a", |_| Echo))
+                .stage(Stage::agent("b", |_| Echo))
+                .stage(Stage::agent("c", |_| Echo));
+            let b = if coordinated { b.coordinated() } else { b };
+            b.spawn().await.expect("spawn")
+        });
+        assert_eq!(p.is_chained(), !coordinated);
+        let name = if coordinated {
+            "pipeline, 3 stages, coordinated (request/reply)"
+        } else {
+            "pipeline, 3 stages, chained (request/reply)"
+        };
+        let entry = p.entry().clone();
+        c.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let _ = entry.call(Msg::Sync).await;
+            })
+        });
+        rt.block_on(async {
+            let _ = p.shutdown(Duration::from_secs(5)).await;
+        });
+    }
 }
 
 fn escalation_decision(c: &mut Criterion) {

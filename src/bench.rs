@@ -681,7 +681,48 @@ impl Agent for Echo {
 
 const STAGES: usize = 10;
 
-/// Throughput (msgs/s) for `n` messages, and latency per hop (µs) for one.
+/// Sequential single-message trips timed for the latency figure (after as many again
+/// to warm up); the figure is their median.
+fn w5_trips(n: u64) -> usize {
+    (n / 5).clamp(100, 2_000) as usize
+}
+
+/// Times `2k` sequential trips and keeps the median of the last `k` (µs).
+struct Trips {
+    k: usize,
+    i: usize,
+    v: Vec<f64>,
+}
+
+impl Trips {
+    fn new(n: u64) -> Self {
+        let k = w5_trips(n);
+        Trips {
+            k,
+            i: 0,
+            v: Vec::with_capacity(k),
+        }
+    }
+
+    /// Another trip to make?
+    fn more(&self) -> bool {
+        self.i < 2 * self.k
+    }
+
+    fn record(&mut self, started: Instant) {
+        if self.i >= self.k {
+            self.v.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        self.i += 1;
+    }
+
+    fn median(self) -> f64 {
+        stats(self.v).map_or(0.0, |(_, med, _)| med)
+    }
+}
+
+/// Throughput (msgs/s) for `n` messages, and the latency of one message through all
+/// ten stages (µs, whole trip, median of warm trips).
 async fn w5_tokio(n: u64) -> (f64, f64) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
     let mut next = done_tx;
@@ -696,10 +737,14 @@ async fn w5_tokio(n: u64) -> (f64, f64) {
         next = tx;
     }
     let first = next;
-    let t = Instant::now();
-    let _ = first.send(0);
-    let _ = done_rx.recv().await;
-    let hop = t.elapsed().as_secs_f64() * 1e6 / STAGES as f64;
+    let mut trips = Trips::new(n);
+    while trips.more() {
+        let t = Instant::now();
+        let _ = first.send(0);
+        let _ = done_rx.recv().await;
+        trips.record(t);
+    }
+    let trip = trips.median();
     let t = Instant::now();
     for i in 0..n {
         let _ = first.send(i);
@@ -707,7 +752,7 @@ async fn w5_tokio(n: u64) -> (f64, f64) {
     for _ in 0..n {
         let _ = done_rx.recv().await;
     }
-    (n as f64 / t.elapsed().as_secs_f64(), hop)
+    (n as f64 / t.elapsed().as_secs_f64(), trip)
 }
 
 struct Stage {
@@ -751,10 +796,14 @@ async fn w5_ractor(n: u64) -> (f64, f64) {
         next = Some(a);
     }
     let Some(first) = next else { return (0.0, 0.0) };
-    let t = Instant::now();
-    let _ = first.send_message(0);
-    let _ = done_rx.recv().await;
-    let hop = t.elapsed().as_secs_f64() * 1e6 / STAGES as f64;
+    let mut trips = Trips::new(n);
+    while trips.more() {
+        let t = Instant::now();
+        let _ = first.send_message(0);
+        let _ = done_rx.recv().await;
+        trips.record(t);
+    }
+    let trip = trips.median();
     let t = Instant::now();
     for i in 0..n {
         let _ = first.send_message(i);
@@ -762,7 +811,7 @@ async fn w5_ractor(n: u64) -> (f64, f64) {
     for _ in 0..n {
         let _ = done_rx.recv().await;
     }
-    let r = (n as f64 / t.elapsed().as_secs_f64(), hop);
+    let r = (n as f64 / t.elapsed().as_secs_f64(), trip);
     for (a, h) in handles {
         a.stop(None);
         let _ = h.await;
@@ -770,8 +819,18 @@ async fn w5_ractor(n: u64) -> (f64, f64) {
     r
 }
 
+/// A pipeline of ten agent stages (no retries, timeouts or fallbacks: the chained
+/// path). The trip is a `call` on the pipeline's entry; the throughput sends `n`
+/// messages and waits until the pipeline is idle.
 async fn w5_echelon(n: u64) -> (f64, f64) {
+    w5_pipeline(n, false).await
+}
+
+async fn w5_pipeline(n: u64, coordinated: bool) -> (f64, f64) {
     let mut b = crate::Pipeline::builder("w5");
+    if coordinated {
+        b = b.coordinated();
+    }
     for i in 0..STAGES {
         b = b.stage(crate::Stage::agent(format!("s{i}"), |_| Echo));
     }
@@ -779,17 +838,59 @@ async fn w5_echelon(n: u64) -> (f64, f64) {
         return (0.0, 0.0);
     };
     let entry = p.entry().clone();
-    let t = Instant::now();
-    let _ = entry.call(Bump::Add(0)).await;
-    let hop = t.elapsed().as_secs_f64() * 1e6 / STAGES as f64;
+    let mut trips = Trips::new(n);
+    while trips.more() {
+        let t = Instant::now();
+        let _ = entry.call(Bump::Add(0)).await;
+        trips.record(t);
+    }
+    let trip = trips.median();
     let t = Instant::now();
     for i in 0..n {
         let _ = entry.send(Bump::Add(i));
     }
     let _ = p.hierarchy().wait_idle(Duration::from_secs(600)).await;
-    let r = (n as f64 / t.elapsed().as_secs_f64(), hop);
+    let r = (n as f64 / t.elapsed().as_secs_f64(), trip);
     let _ = p.shutdown(Duration::from_secs(10)).await;
     r
+}
+
+/// One W5 measurement of one implementation (`"tokio"`, `"ractor"`, `"echelon"`, or
+/// `"coordinated"`: echelon with the chained path turned off), for profiling: (msgs/s for `n` messages, µs for a trip through the ten stages).
+pub async fn w5_once(which: &str, n: u64) -> Option<(f64, f64)> {
+    match which {
+        "tokio" => Some(w5_tokio(n).await),
+        "ractor" => Some(w5_ractor(n).await),
+        "echelon" => Some(w5_echelon(n).await),
+        "coordinated" => Some(w5_pipeline(n, true).await),
+        _ => None,
+    }
+}
+
+/// The W5 rows: throughput and the latency of one message through the ten stages,
+/// three ways, each repeated `reps` times (at most 3).
+pub async fn w5_rows(cfg: &BenchConfig) -> Vec<Row> {
+    let (mut t5, mut r5, mut e5) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..cfg.reps.clamp(1, 3) {
+        t5.push(w5_tokio(cfg.pipeline).await);
+        r5.push(w5_ractor(cfg.pipeline).await);
+        e5.push(w5_echelon(cfg.pipeline).await);
+    }
+    let two = |v: &[(f64, f64)], k: usize| {
+        stats(v.iter().map(|x| if k == 0 { x.0 } else { x.1 }).collect())
+    };
+    let row = |name: &str, unit: &str, hib: bool, k: usize| Row {
+        name: name.into(),
+        unit: unit.into(),
+        higher_is_better: hib,
+        tokio: two(&t5, k),
+        ractor: two(&r5, k),
+        echelon: two(&e5, k),
+    };
+    vec![
+        row("W5 10-stage pipeline throughput", "msgs/s", true, 0),
+        row("W5 latency, 10 hops (whole trip)", "µs", false, 1),
+    ]
 }
 
 // ---- W7: healthcare readings per second (wall clock) ---------------------------------
@@ -882,31 +983,7 @@ pub async fn run(cfg: BenchConfig) -> Vec<Row> {
         reps(r, || w4_ractor(cfg.broadcasts)).await,
         reps(r, || w4_echelon(cfg.broadcasts)).await,
     ));
-    let (mut t5, mut r5, mut e5) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..r.clamp(1, 3) {
-        t5.push(w5_tokio(cfg.pipeline).await);
-        r5.push(w5_ractor(cfg.pipeline).await);
-        e5.push(w5_echelon(cfg.pipeline).await);
-    }
-    let two = |v: &[(f64, f64)], k: usize| {
-        stats(v.iter().map(|x| if k == 0 { x.0 } else { x.1 }).collect())
-    };
-    rows.push(row(
-        "W5 10-stage pipeline throughput",
-        "msgs/s",
-        true,
-        two(&t5, 0),
-        two(&r5, 0),
-        two(&e5, 0),
-    ));
-    rows.push(row(
-        "W5 latency per hop",
-        "µs",
-        false,
-        two(&t5, 1),
-        two(&r5, 1),
-        two(&e5, 1),
-    ));
+    rows.extend(w5_rows(&cfg).await);
     rows.push(row(
         "W6 crash → restarted → serving",
         "µs",

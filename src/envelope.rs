@@ -356,6 +356,8 @@ pub(crate) struct TaskMeta<M> {
     pub(crate) detail: Option<oneshot::Sender<Detail<M>>>,
     /// The run's budget, shared by its stages and branches.
     pub(crate) budget: Option<std::sync::Arc<crate::budget::Budget>>,
+    /// A chained pipeline run's continuation (`pipeline::chain`).
+    pub(crate) chain: Option<crate::pipeline::chain::Link<M>>,
 }
 
 impl<M> Default for TaskMeta<M> {
@@ -365,6 +367,7 @@ impl<M> Default for TaskMeta<M> {
             trail: Vec::new(),
             detail: None,
             budget: None,
+            chain: None,
         }
     }
 }
@@ -469,6 +472,12 @@ impl<M> fmt::Debug for Batch<M> {
 impl<M> TaskHead<M> {
     pub(crate) fn meta_mut(&mut self) -> &mut TaskMeta<M> {
         self.meta.get_or_insert_with(Default::default)
+    }
+
+    /// Part of a chained pipeline run: its resolutions are the chain's hops.
+    #[inline]
+    pub(crate) fn in_chain(&self) -> bool {
+        self.meta.as_ref().is_some_and(|m| m.chain.is_some())
     }
 
     pub(crate) fn escalation(&self) -> Option<&EscalationInfo> {

@@ -31,7 +31,10 @@ pub(crate) struct Runs {
 }
 
 struct RunsInner {
+    /// Requests in flight, chained pipeline runs included (the lead slot's capacity).
     active: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests in flight in this lead's own detached tasks (a stop waits for them).
+    owned: std::sync::atomic::AtomicU64,
     idle: Notify,
     abort: watch::Sender<bool>,
     /// Called when a request finishes: wakes senders waiting for room at the lead.
@@ -51,6 +54,7 @@ impl Default for Runs {
         Runs {
             inner: Arc::new(RunsInner {
                 active: Arc::default(),
+                owned: Default::default(),
                 idle: Notify::new(),
                 abort: watch::channel(false).0,
                 on_done: std::sync::OnceLock::new(),
@@ -61,23 +65,44 @@ impl Default for Runs {
 
 /// Held by a running request (taken before its task is spawned); dropping it marks the
 /// request done.
-pub(crate) struct RunGuard(Arc<RunsInner>);
+pub(crate) struct RunGuard {
+    runs: Arc<RunsInner>,
+    /// In one of the lead's own tasks (not a chained run carried by its stages).
+    owned: bool,
+}
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+        self.runs.active.fetch_sub(1, Ordering::AcqRel);
+        if self.owned && self.runs.owned.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.runs.idle.notify_waiters();
         }
-        if let Some(wake) = self.0.on_done.get() {
+        if let Some(wake) = self.runs.on_done.get() {
             wake();
         }
     }
 }
 
 impl Runs {
+    /// A request worked on in one of the lead's own tasks: a stop waits for it.
     pub(crate) fn start(&self) -> RunGuard {
         self.inner.active.fetch_add(1, Ordering::AcqRel);
-        RunGuard(self.inner.clone())
+        self.inner.owned.fetch_add(1, Ordering::AcqRel);
+        RunGuard {
+            runs: self.inner.clone(),
+            owned: true,
+        }
+    }
+
+    /// A chained pipeline run, carried from stage to stage by its own task: it counts
+    /// toward the lead's capacity, but a stop does not wait for it (the stage that
+    /// holds it resolves it, or its supervisor accounts for it).
+    pub(crate) fn start_chained(&self) -> RunGuard {
+        self.inner.active.fetch_add(1, Ordering::AcqRel);
+        RunGuard {
+            runs: self.inner.clone(),
+            owned: false,
+        }
     }
 
     /// What to call when a request finishes (wake the lead slot's waiting senders).
@@ -102,7 +127,7 @@ impl Runs {
         let wait = async {
             loop {
                 let notified = self.inner.idle.notified();
-                if self.inner.active.load(Ordering::Acquire) == 0 {
+                if self.inner.owned.load(Ordering::Acquire) == 0 {
                     break;
                 }
                 notified.await;
@@ -281,6 +306,12 @@ impl<M: crate::Message, L: Lead<M>> LeadActor<M, L> {
                 head,
                 "the hierarchy stopped before the task was taken",
             );
+            return;
+        }
+        // a chained pipeline run's stage escalated past the team's threshold: the run
+        // ends and escalates from its pipeline
+        if head.branch && head.escalation().is_some() && head.in_chain() {
+            crate::pipeline::chain::stage_escalated(&node.shared, &node.slot, head, payload);
             return;
         }
         // one of our branches escalated: that is the branch's result

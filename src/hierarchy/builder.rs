@@ -90,6 +90,12 @@ impl<M: crate::Message> Tier<M> {
         &self.name
     }
 
+    /// One plain agent (not a router or a pipeline): a pipeline stage that can be
+    /// chained.
+    pub(crate) fn is_single_agent(&self) -> bool {
+        self.count == 1 && matches!(self.kind, TierKind::Agents(_))
+    }
+
     pub(crate) fn router(name: impl Into<String>, count: usize, cfg: Arc<RouterConfig<M>>) -> Self {
         Tier {
             name: name.into(),
@@ -663,6 +669,8 @@ impl<M: crate::Message> Plan<'_, M> {
                     cfg: cfg.clone(),
                     stages,
                     runs: Default::default(),
+                    chained: cfg.chainable(),
+                    home: std::sync::OnceLock::new(),
                 });
                 let _ = pipe_slot.in_flight.set(inner.runs.active());
                 let waker = Arc::downgrade(&pipe_slot);

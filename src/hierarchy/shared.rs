@@ -54,6 +54,12 @@ pub(crate) struct Shared<M> {
     pub(crate) finished: watch::Sender<bool>,
 }
 
+impl<M> Shared<M> {
+    pub(crate) fn aborting(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) >= Phase::Aborting as u8
+    }
+}
+
 impl<M: crate::Message> Shared<M> {
     pub(crate) fn new(
         name: Arc<str>,
@@ -91,10 +97,6 @@ impl<M: crate::Message> Shared<M> {
 
     pub(crate) fn accepting(&self) -> bool {
         self.phase.load(Ordering::SeqCst) == Phase::Running as u8
-    }
-
-    pub(crate) fn aborting(&self) -> bool {
-        self.phase.load(Ordering::Relaxed) >= Phase::Aborting as u8
     }
 
     /// Time since the hierarchy started, on the runtime clock.
@@ -168,6 +170,10 @@ impl<M: crate::Message> Shared<M> {
 
     /// The task is complete at `at`.
     pub(crate) fn complete(&self, at: &Slot<M>, mut head: TaskHead<M>, reply: Option<M>) {
+        if head.in_chain() {
+            // a chained pipeline's stage is done: the hop to the next stage
+            return crate::pipeline::chain::stage_done(self, at, head, reply);
+        }
         bump(&at.stats.own.completed);
         if let Some(tx) = head.reply.take() {
             let _ = tx.send(Outcome::Completed {
@@ -191,6 +197,10 @@ impl<M: crate::Message> Shared<M> {
         reason: &str,
         kind: FailureKind,
     ) {
+        if head.in_chain() {
+            // a chained pipeline's run ends at this stage
+            return crate::pipeline::chain::stage_failed(self, at, head, reason, kind);
+        }
         bump(&at.stats.own.failed);
         tracing::debug!(task = %head.id, at = %at.path, reason, "task failed");
         if let Some(tx) = head.reply.take() {
@@ -213,6 +223,7 @@ impl<M: crate::Message> Shared<M> {
 
     /// The task leaves the top of the hierarchy at the root `at`.
     pub(crate) fn escalate_out(&self, at: &Slot<M>, mut head: TaskHead<M>, payload: M) {
+        crate::pipeline::chain::release(&mut head);
         bump(&at.stats.own.escalated);
         head.record(self.entry(at, Decision::Delivered));
         let (severity, reason, origin) = escalation_summary(&head, at);
@@ -248,6 +259,7 @@ impl<M: crate::Message> Shared<M> {
     /// A branch (a router's or pipeline's sub-task) escalated back to its router `at`:
     /// the branch ends here, completed, and its escalation becomes the branch result.
     pub(crate) fn return_branch_escalation(&self, at: &Slot<M>, mut head: TaskHead<M>, payload: M) {
+        crate::pipeline::chain::release(&mut head);
         bump(&at.stats.own.completed);
         let (severity, reason, origin) = escalation_summary(&head, at);
         if let Some(tx) = head.reply.take() {

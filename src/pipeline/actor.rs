@@ -39,6 +39,10 @@ pub(crate) struct PipelineShared<M> {
     pub(crate) cfg: Arc<PipelineConfig<M>>,
     pub(crate) stages: Vec<StageRuntime<M>>,
     pub(crate) runs: crate::lead::Runs,
+    /// Runs take the chained fast path (`PipelineConfig::chainable`).
+    pub(crate) chained: bool,
+    /// Where the pipeline sits, set when its lead first starts.
+    pub(crate) home: std::sync::OnceLock<super::chain::Home<M>>,
 }
 
 impl<M: crate::Message> Lead<M> for PipelineShared<M> {
@@ -49,8 +53,13 @@ impl<M: crate::Message> Lead<M> for PipelineShared<M> {
         &self.runs
     }
 
-    fn init(&self, _node: &LeadNode<M>) {
+    fn init(&self, node: &LeadNode<M>) {
         crate::panic::install_quiet_hook();
+        let _ = self.home.set(super::chain::Home {
+            shared: Arc::downgrade(&node.shared),
+            slot: node.slot.clone(),
+            escalate_to: node.escalate_to.clone(),
+        });
     }
 
     fn request(
@@ -60,6 +69,11 @@ impl<M: crate::Message> Lead<M> for PipelineShared<M> {
         mut head: TaskHead<M>,
         payload: M,
     ) {
+        // a run that is already a chained run's stage (forwarded here) is coordinated,
+        // so that its own chain resolves it
+        if this.chained && !head.in_chain() {
+            return super::chain::start(this, node, head, payload);
+        }
         let budget = match head.budget() {
             Some(b) => Some(b.clone()),
             None => this.cfg.budget.map(|units| {

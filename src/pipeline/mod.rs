@@ -8,16 +8,28 @@
 //! ([`crate::Budget`]), shared with every branch it fans out to.
 //!
 //! Many runs are in flight at once and stages work concurrently on different runs
-//! (each stage node is one actor with its own mailbox). **Ordering:** each stage takes
-//! its inputs in the order they reach its mailbox; runs are not ordered with each
-//! other, so a fast run can overtake a slow or retried one. A failure names the stage,
+//! (each stage node is one actor with its own mailbox).
+//!
+//! **Two paths.** When every stage is a single agent or a plain function with one
+//! attempt, no timeout and no fallback ([`PipelineHandle::is_chained`]), a run is
+//! *chained*: its task goes from each stage's mailbox straight to the next one's and
+//! the stage where it ends answers (see `chain`). Otherwise a coordinator task drives
+//! each run, sending every stage a branch and waiting for it (see `actor`): retries,
+//! stage timeouts, fallbacks, router and team stages need it. Both give the same
+//! outputs, failures and reports; a chained run is one task in the counters, a
+//! coordinated one a task plus a branch per node stage.
+//!
+//! **Ordering:** each stage takes its inputs in the order they reach its mailbox.
+//! Chained runs from one sender keep their order through agent stages; a function
+//! stage, and the coordinator, let a fast run overtake a slow or retried one. A failure names the stage,
 //! its index, the attempt and the reason ([`RunError`]); [`RunReport`] gives every
 //! stage's attempts, time and spend.
 //!
-//! Layout: `stage` (stages, retry) · `actor` (the pipeline actor and the run task) · this
-//! file (config, builder, handle, report).
+//! Layout: `stage` (stages, retry) · `actor` (the pipeline actor and the coordinated run
+//! task) · `chain` (the chained fast path) · this file (config, builder, handle, report).
 
 pub(crate) mod actor;
+pub(crate) mod chain;
 mod stage;
 
 use std::fmt;
@@ -38,6 +50,28 @@ pub(crate) struct PipelineConfig<M> {
     pub(crate) stages: Vec<Stage<M>>,
     pub(crate) deadline: Option<Duration>,
     pub(crate) budget: Option<u64>,
+    /// False: always coordinate ([`PipelineBuilder::coordinated`]).
+    pub(crate) chain: bool,
+}
+
+impl<M: crate::Message> PipelineConfig<M> {
+    /// Whether runs take the chained fast path: every stage is a single agent
+    /// ([`Stage::agent`], or a team of one agent) or a plain function
+    /// ([`Stage::function`]), with one attempt ([`Retry::none`], the default), no
+    /// timeout and no fallback. Costs, the run budget and the run deadline are fine.
+    /// Anything else (retries, stage timeouts, fallbacks, router and team stages)
+    /// needs the coordinator.
+    pub(crate) fn chainable(&self) -> bool {
+        self.chain
+            && !self.stages.is_empty()
+            && self.stages.iter().all(|s| {
+                let kind_ok = match &s.kind {
+                    StageKind::Function(_) => true,
+                    StageKind::Node(tiers) => tiers.len() == 1 && tiers[0].is_single_agent(),
+                };
+                kind_ok && s.retry.max_attempts <= 1 && s.timeout.is_none() && s.fallback.is_none()
+            })
+    }
 }
 
 impl<M> fmt::Debug for PipelineConfig<M> {
@@ -166,6 +200,7 @@ impl Pipeline {
                 stages: Vec::new(),
                 deadline: None,
                 budget: None,
+                chain: true,
             },
             seed: 0,
             max_attempts: 1,
@@ -232,6 +267,21 @@ impl<M: crate::Message> PipelineBuilder<M> {
         self
     }
 
+    /// Coordinate every run, even when the stages could be chained: a run task sends
+    /// each stage a branch and waits for it. Slower; the outcomes are the same, except
+    /// that each stage's branch is a task of its own in the counters. For comparisons
+    /// and tests.
+    pub fn coordinated(mut self) -> Self {
+        self.cfg.chain = false;
+        self
+    }
+
+    /// Whether this pipeline's runs will take the chained fast path (see
+    /// [`PipelineHandle::is_chained`]).
+    pub fn is_chained(&self) -> bool {
+        self.cfg.chainable()
+    }
+
     /// Use this pipeline as a tier of a hierarchy: `count` pipelines named after it.
     pub fn into_tier(self, count: usize) -> Tier<M> {
         Tier::pipeline(self.name, count, Arc::new(self.cfg))
@@ -244,6 +294,7 @@ impl<M: crate::Message> PipelineBuilder<M> {
     /// [`BuildError::EmptyTier`].
     pub async fn spawn(self) -> Result<PipelineHandle<M>, BuildError> {
         let name = self.name.clone();
+        let chained = self.cfg.chainable();
         let mut b = Hierarchy::builder(name)
             .seed(self.seed)
             .max_attempts(self.max_attempts)
@@ -260,7 +311,11 @@ impl<M: crate::Message> PipelineBuilder<M> {
             .map_err(|e| BuildError::Spawn {
                 reason: e.to_string(),
             })?;
-        Ok(PipelineHandle { hierarchy, entry })
+        Ok(PipelineHandle {
+            hierarchy,
+            entry,
+            chained,
+        })
     }
 }
 
@@ -269,6 +324,7 @@ impl<M: crate::Message> PipelineBuilder<M> {
 pub struct PipelineHandle<M: crate::Message> {
     hierarchy: Hierarchy<M>,
     entry: AgentRef<M>,
+    chained: bool,
 }
 
 impl<M: crate::Message> PipelineHandle<M> {
@@ -314,6 +370,15 @@ impl<M: crate::Message> PipelineHandle<M> {
     /// As [`PipelineHandle::call`].
     pub async fn outcome(&self, msg: M) -> Result<Outcome<M>, SendError<M>> {
         self.entry.call(msg).await
+    }
+
+    /// Whether runs take the chained fast path: the run's task goes from each stage's
+    /// mailbox straight to the next one's, and only the stage where it ends answers,
+    /// instead of a coordinator sending each stage a branch and waiting for it. True
+    /// when every stage is a single agent or a plain function, with one attempt, no
+    /// timeout and no fallback (costs, budgets and the run deadline are fine).
+    pub fn is_chained(&self) -> bool {
+        self.chained
     }
 
     /// The pipeline's entry handle.
