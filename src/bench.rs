@@ -4,8 +4,9 @@
 //!
 //! Workloads: W1 one-way throughput (also batched with `AgentRef::send_batch`, the
 //! references batched the same way), W2 request/reply round trip, W3 spawning a
-//! hierarchy (span 10), its resident bytes per agent (measured in a fresh process:
-//! this executable run again with `bench --rss-probe`) and its shutdown, W4 broadcast
+//! hierarchy (span 10; the references spawn the same tree), its resident bytes per agent
+//! and its shutdown (in fresh processes: this executable run again with
+//! `bench --w3-probe`), W4 broadcast
 //! and gather, W5 a 10-stage pipeline, W6 crash-to-serving latency, W7 healthcare
 //! readings through three tiers (each reading sent alone, and each monitor's stream in
 //! batches).
@@ -42,9 +43,11 @@ pub struct BenchConfig {
     pub only: u32,
     /// Only these ways (bit 0: raw tokio, bit 1: raw ractor, bit 2: echelon); 0: all.
     pub ways: u8,
-    /// Measure W3's resident bytes per agent in a fresh process (this executable run
-    /// again with `bench --rss-probe`), instead of in this one.
-    pub fresh_rss: bool,
+    /// Run W3 (spawn, resident bytes, shutdown) in fresh processes, one per
+    /// repetition (this executable run again with `bench --w3-probe`), instead of in
+    /// this one: the heap the other workloads leave behind skews both the bytes and the
+    /// spawn time.
+    pub fresh_w3: bool,
 }
 
 /// One way of running a workload.
@@ -93,7 +96,7 @@ impl BenchConfig {
             reps: 5,
             only: 0,
             ways: 0,
-            fresh_rss: false,
+            fresh_w3: false,
         }
     }
 
@@ -110,7 +113,7 @@ impl BenchConfig {
             reps: 3,
             only: 0,
             ways: 0,
-            fresh_rss: false,
+            fresh_w3: false,
         }
     }
 }
@@ -434,7 +437,7 @@ async fn w3_echelon(n: usize) -> (f64, f64, f64) {
     let before = crate::soak::rss_kb();
     let t = Instant::now();
     let Ok(h) = Hierarchy::builder("w3")
-        .span(SpanOfControl::auto_split(10))
+        .span(SpanOfControl::auto_split(W3_SPAN))
         .tier("a", n, |_| Sum(0))
         .spawn()
         .await
@@ -448,30 +451,94 @@ async fn w3_echelon(n: usize) -> (f64, f64, f64) {
     (spawn, bytes, t.elapsed().as_secs_f64())
 }
 
+/// The span of control of W3's hierarchy.
+const W3_SPAN: usize = 10;
+
+/// How many supervisors (the root and the team leads) echelon's auto-split puts over
+/// `n` agents at span [`W3_SPAN`]. The references spawn as many extra actors or tasks,
+/// so each way builds the same number: the comparison is per actor, not per leaf.
+fn w3_supervisors(n: usize) -> usize {
+    fn leads(g: &crate::supervisor::Group) -> usize {
+        match g {
+            crate::supervisor::Group::Reports(_) => 0,
+            crate::supervisor::Group::Leads(gs) => gs.len() + gs.iter().map(leads).sum::<usize>(),
+        }
+    }
+    1 + leads(&crate::supervisor::split(0..n, W3_SPAN))
+}
+
+/// A hand-written ractor supervisor for W3's tree: linked children, and it keeps
+/// running when one exits (ractor's default would stop it).
+struct RawLead;
+
+impl Actor for RawLead {
+    type Msg = RawMsg;
+    type State = ();
+    type Arguments = ();
+    async fn pre_start(&self, _: ActorRef<RawMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<RawMsg>,
+        _: ractor::SupervisionEvent,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+/// Raw ractor's W3: the same tree as echelon's (a root, team leads of at most
+/// [`W3_SPAN`], the agents under them), every actor spawned linked to its lead.
 async fn w3_ractor(n: usize) -> (f64, f64, f64) {
+    use crate::supervisor::{split, Group};
     let before = crate::soak::rss_kb();
     let t = Instant::now();
-    let mut actors = Vec::with_capacity(n);
-    for _ in 0..n {
-        if let Ok(a) = Actor::spawn(None, RawSum, ()).await {
-            actors.push(a);
+    let tree = split(0..n, W3_SPAN);
+    let mut actors = Vec::with_capacity(n + w3_supervisors(n));
+    let Ok((root, h)) = Actor::spawn(None, RawLead, ()).await else {
+        return (0.0, 0.0, 0.0);
+    };
+    let mut todo = vec![(&tree, root.get_cell())];
+    actors.push((root, h));
+    while let Some((group, lead)) = todo.pop() {
+        match group {
+            Group::Reports(r) => {
+                for _ in r.clone() {
+                    if let Ok(a) = Actor::spawn_linked(None, RawSum, (), lead.clone()).await {
+                        actors.push(a);
+                    }
+                }
+            }
+            Group::Leads(groups) => {
+                for g in groups {
+                    if let Ok((a, h)) = Actor::spawn_linked(None, RawLead, (), lead.clone()).await {
+                        todo.push((g, a.get_cell()));
+                        actors.push((a, h));
+                    }
+                }
+            }
         }
     }
     let spawn = t.elapsed().as_secs_f64();
     let bytes = (crate::soak::rss_kb().saturating_sub(before) * 1024) as f64 / n as f64;
     let t = Instant::now();
-    for (a, h) in actors {
+    for (a, _) in &actors {
         a.stop(None);
+    }
+    for (_, h) in actors {
         let _ = h.await;
     }
     (spawn, bytes, t.elapsed().as_secs_f64())
 }
 
+/// Raw tokio's W3: as many tasks as echelon has actors, each waiting on its channel.
 async fn w3_tokio(n: usize) -> (f64, f64, f64) {
     let before = crate::soak::rss_kb();
     let t = Instant::now();
-    let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
+    let total = n + w3_supervisors(n);
+    let mut tasks = Vec::with_capacity(total);
+    for _ in 0..total {
         let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
         let h = tokio::spawn(async move { while rx.recv().await.is_some() {} });
         tasks.push((tx, h));
@@ -479,62 +546,75 @@ async fn w3_tokio(n: usize) -> (f64, f64, f64) {
     let spawn = t.elapsed().as_secs_f64();
     let bytes = (crate::soak::rss_kb().saturating_sub(before) * 1024) as f64 / n as f64;
     let t = Instant::now();
-    for (tx, h) in tasks {
-        drop(tx);
+    let handles: Vec<_> = tasks.into_iter().map(|(_, h)| h).collect();
+    for h in handles {
         let _ = h.await;
     }
     (spawn, bytes, t.elapsed().as_secs_f64())
 }
 
-/// Spawn `n` agents the given way on a fresh 2-worker runtime in this process and
-/// return the growth of resident memory per agent, in bytes. Meant for a fresh process
-/// (`echelon bench --rss-probe WAY N`): in a process that already ran other workloads,
-/// the allocator reuses freed memory and the reading means little.
-pub fn rss_probe(way: Way, n: usize) -> Option<f64> {
+/// W3 the given way with `n` agents, in this process on a fresh 2-worker runtime:
+/// spawned and shut down once **cold** (the process's heap still has to grow: page
+/// faults included), then again **warm** (the allocator reuses what the cold run freed).
+/// Gives (cold seconds to spawn, warm seconds to spawn, resident bytes per agent of
+/// the cold run, seconds to shut down the cold run). Meant for a fresh process
+/// (`echelon bench --w3-probe WAY N`): in a process that already ran other workloads,
+/// neither the bytes nor the cold spawn mean much.
+pub fn w3_probe(way: Way, n: usize) -> Option<[f64; 4]> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .ok()?;
     let n = n.max(1);
+    let once = move |n: usize| async move {
+        match way {
+            Way::Tokio => w3_tokio(n).await,
+            Way::Ractor => w3_ractor(n).await,
+            Way::Echelon => w3_echelon(n).await,
+        }
+    };
     rt.block_on(async move {
         tokio::spawn(async move {
-            // warm up: the runtime's, ractor's and echelon's one-time allocations (the
-            // panic hook, thread-locals, the timer wheel) are not per agent
-            let _ = match way {
-                Way::Tokio => w3_tokio(10).await,
-                Way::Ractor => w3_ractor(10).await,
-                Way::Echelon => w3_echelon(10).await,
-            };
-            let (_, bytes, _) = match way {
-                Way::Tokio => w3_tokio(n).await,
-                Way::Ractor => w3_ractor(n).await,
-                Way::Echelon => w3_echelon(n).await,
-            };
-            bytes
+            // the runtime's, ractor's and echelon's one-time allocations (the panic
+            // hook, thread-locals, the timer wheel) are not per agent
+            let _ = once(10).await;
+            let (cold, bytes, shutdown) = once(n).await;
+            let (warm, _, _) = once(n).await;
+            [cold, warm, bytes, shutdown]
         })
         .await
         .ok()
     })
 }
 
-/// Median of three fresh-process probes (`rss_probe` in this executable run again).
-fn fresh_rss(way: Way, n: usize) -> Option<(f64, f64, f64)> {
-    let exe = std::env::current_exe().ok()?;
+/// W3 in `reps` fresh processes ([`w3_probe`] in this executable run again), one
+/// measurement each.
+fn fresh_w3(way: Way, n: usize, reps: usize) -> Vec<[f64; 4]> {
+    let Ok(exe) = std::env::current_exe() else {
+        return Vec::new();
+    };
     let mut v = Vec::new();
-    for _ in 0..3 {
-        let out = std::process::Command::new(&exe)
-            .args(["bench", "--rss-probe", way.name(), &n.to_string()])
+    for _ in 0..reps {
+        let Ok(out) = std::process::Command::new(&exe)
+            .args(["bench", "--w3-probe", way.name(), &n.to_string()])
             .output()
-            .ok()?;
+        else {
+            break;
+        };
         if !out.status.success() {
-            return None;
+            break;
         }
-        if let Ok(b) = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>() {
-            v.push(b);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let xs: Vec<f64> = text
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [cold, warm, bytes, shutdown] = xs[..] {
+            v.push([cold, warm, bytes, shutdown]);
         }
     }
-    stats(v)
+    v
 }
 
 // ---- W6: crash → restarted → serving ---------------------------------------------
@@ -1078,56 +1158,46 @@ async fn w1_w2_w3_rows(cfg: &BenchConfig) -> Vec<Row> {
         ));
     }
     if cfg.wants(3) {
-        let (mut et, mut rt, mut tt) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..r.clamp(1, 3) {
-            if cfg.way(Way::Tokio) {
-                tt.push(w3_tokio(cfg.agents).await);
-            }
-            if cfg.way(Way::Ractor) {
-                rt.push(w3_ractor(cfg.agents).await);
-            }
-            if cfg.way(Way::Echelon) {
-                et.push(w3_echelon(cfg.agents).await);
-            }
-        }
-        let pick =
-            |v: &[(f64, f64, f64)], k: usize| stats(v.iter().map(|x| [x.0, x.1, x.2][k]).collect());
-        let us = |v: &[(f64, f64, f64)]| pick(v, 0).map(|(a, b, c)| per(a, b, c, cfg.agents));
-        rows.push(row(
-            &format!("W3 spawn {} agents", cfg.agents),
-            "µs/agent",
-            false,
-            us(&tt),
-            us(&rt),
-            us(&et),
-        ));
-        let bytes = |way: Way, v: &[(f64, f64, f64)]| {
-            if cfg.fresh_rss && cfg.way(way) {
-                fresh_rss(way, cfg.agents)
+        let reps = r.clamp(1, 3);
+        let run = |way: Way| async move {
+            if !cfg.way(way) {
+                Vec::new()
+            } else if cfg.fresh_w3 {
+                fresh_w3(way, cfg.agents, reps)
             } else {
-                pick(v, 1)
+                let once = || async {
+                    match way {
+                        Way::Tokio => w3_tokio(cfg.agents).await,
+                        Way::Ractor => w3_ractor(cfg.agents).await,
+                        Way::Echelon => w3_echelon(cfg.agents).await,
+                    }
+                };
+                let mut v = Vec::new();
+                for _ in 0..reps {
+                    let (cold, bytes, shutdown) = once().await;
+                    let (warm, _, _) = once().await;
+                    v.push([cold, warm, bytes, shutdown]);
+                }
+                v
             }
         };
-        rows.push(row(
-            if cfg.fresh_rss {
-                "W3 resident bytes per agent (fresh process)"
-            } else {
-                "W3 resident bytes per agent"
-            },
-            "bytes",
-            false,
-            bytes(Way::Tokio, &tt),
-            bytes(Way::Ractor, &rt),
-            bytes(Way::Echelon, &et),
-        ));
-        rows.push(row(
-            &format!("W3 shut down {} agents", cfg.agents),
-            "s",
-            false,
-            pick(&tt, 2),
-            pick(&rt, 2),
-            pick(&et, 2),
-        ));
+        let tt = run(Way::Tokio).await;
+        let rt = run(Way::Ractor).await;
+        let et = run(Way::Echelon).await;
+        let pick = |v: &[[f64; 4]], k: usize| stats(v.iter().map(|x| x[k]).collect());
+        let us = |v: &[[f64; 4]], k: usize| pick(v, k).map(|(a, b, c)| per(a, b, c, cfg.agents));
+        let fresh = if cfg.fresh_w3 { ", fresh process" } else { "" };
+        let n = cfg.agents;
+        let w3 = [
+            (format!("W3 spawn {n} agents, cold{fresh}"), "µs/agent", 0),
+            (format!("W3 spawn {n} agents, warm"), "µs/agent", 1),
+            (format!("W3 resident bytes per agent{fresh}"), "bytes", 2),
+            (format!("W3 shut down {n} agents"), "s", 3),
+        ];
+        for (name, unit, k) in w3 {
+            let f = |v: &[[f64; 4]]| if k < 2 { us(v, k) } else { pick(v, k) };
+            rows.push(row(&name, unit, false, f(&tt), f(&rt), f(&et)));
+        }
     }
     rows
 }
@@ -1159,6 +1229,17 @@ async fn w7_rows(cfg: &BenchConfig) -> Vec<Row> {
 fn per(a: f64, b: f64, c: f64, n: usize) -> (f64, f64, f64) {
     let k = 1e6 / n.max(1) as f64;
     (a * k, b * k, c * k)
+}
+
+/// The ractor features this build was compiled with, which change what every message
+/// and every actor costs in both the raw-ractor and the echelon columns.
+pub fn build_features() -> String {
+    let on = |b: bool| if b { "on" } else { "off" };
+    format!(
+        "built with ractor cluster {} (echelon feature `cluster`), message_span_propogation {} (echelon feature `span-propagation`)",
+        on(cfg!(feature = "cluster")),
+        on(cfg!(feature = "span-propagation")),
+    )
 }
 
 /// The rows as a table.
@@ -1207,5 +1288,26 @@ fn num(v: f64) -> String {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The W3 references spawn as many actors as echelon's hierarchy has nodes, so the
+    /// ratio compares like with like.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn w3_references_spawn_as_many_actors_as_echelon() {
+        for n in [1, 10, 11, 1000, 1234] {
+            let h = Hierarchy::builder("w3")
+                .span(SpanOfControl::auto_split(W3_SPAN))
+                .tier("a", n, |_| Sum(0))
+                .spawn()
+                .await
+                .expect("spawn");
+            assert_eq!(h.node_counters().len(), n + w3_supervisors(n), "n = {n}");
+            assert!(h.shutdown(Duration::from_secs(10)).await.drained);
+        }
     }
 }

@@ -64,7 +64,9 @@ pub mod prelude {
     };
 }
 
-/// The README's example, compiled and run as a doctest so it cannot rot.
+/// The README's examples, compiled (and run where they can) as doctests so they cannot
+/// rot. One of them uses the `cluster` feature, so they are tested with it on
+/// (`cargo test --all-features`, what CI runs).
 #[doc = include_str!("../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "cluster"))]
 pub struct ReadmeDoctests;

@@ -32,6 +32,20 @@ fn bench_quick_prints_every_workload_and_writes_json() {
         let e = &r["echelon"];
         assert!(e.is_array(), "every workload measures echelon: {r}");
         assert!(e[1].as_f64().is_some_and(|m| m >= 0.0), "{r}");
+        // W3 runs in fresh processes (the binary re-executed): all three ways report
+        if r["name"].as_str().is_some_and(|n| n.starts_with("W3")) {
+            for way in ["tokio", "ractor", "echelon"] {
+                assert!(r[way][1].as_f64().is_some_and(|m| m > 0.0), "{way}: {r}");
+            }
+        }
+    }
+    for w3 in ["cold", "warm", "bytes", "shut down"] {
+        assert!(
+            rows.iter().any(|r| r["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("W3") && n.contains(w3))),
+            "W3 {w3} row missing"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -277,3 +277,13 @@ fn a_json_path_in_a_missing_directory_exits_1() {
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(stderr(&o).contains("report.html"), "{}", show(&o));
 }
+
+/// Without the opt-in `cluster` feature, `echelon node` says how to get it and exits 2
+/// (a usage error), instead of clap's bare "unrecognized subcommand".
+#[cfg(not(feature = "cluster"))]
+#[test]
+fn node_without_the_cluster_feature_says_how_to_get_it() {
+    let o = echelon(&["node", "--name", "a", "--cookie", "c"]);
+    assert_eq!(code(&o), 2, "{}", show(&o));
+    assert!(stderr(&o).contains("--features cluster"), "{}", show(&o));
+}

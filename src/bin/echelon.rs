@@ -69,10 +69,11 @@ enum Command {
         /// agents, readings).
         #[arg(long, hide = true)]
         n: Option<u64>,
-        /// Internal: spawn N agents the given way in this fresh process and print the
-        /// growth of resident memory per agent (W3 bytes per agent).
+        /// Internal: run W3 the given way with N agents in this fresh process and print
+        /// seconds to spawn cold and warm, resident bytes per agent and seconds to shut
+        /// down.
         #[arg(long, hide = true, value_names = ["WAY", "N"], num_args = 2)]
-        rss_probe: Vec<String>,
+        w3_probe: Vec<String>,
     },
     /// Chaos soak: push tasks through a three-level hierarchy and a pipeline with a
     /// broadcast stage while handlers panic at random and one team keeps failing past
@@ -140,6 +141,14 @@ enum Command {
         #[arg(long, value_name = "NAME", default_value = "echelon-cluster")]
         tls_name: String,
     },
+    /// Start a cluster node. This build has no `cluster` feature: the command says how
+    /// to get one and exits 2.
+    #[cfg(not(feature = "cluster"))]
+    Node {
+        /// The node's arguments (not read by this build).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -152,10 +161,10 @@ fn main() -> ExitCode {
             way,
             reps,
             n,
-            rss_probe,
+            w3_probe,
         } => {
-            if !rss_probe.is_empty() {
-                return rss_probe_cmd(&rss_probe);
+            if !w3_probe.is_empty() {
+                return w3_probe_cmd(&w3_probe);
             }
             let mut cfg = if quick {
                 echelon::bench::BenchConfig::quick()
@@ -194,7 +203,7 @@ fn main() -> ExitCode {
                 cfg.agents = usize::try_from(n).unwrap_or(usize::MAX);
                 cfg.readings = n;
             }
-            cfg.fresh_rss = true;
+            cfg.fresh_w3 = true;
             bench(cfg, json)
         }
         #[cfg(feature = "cluster")]
@@ -229,6 +238,14 @@ fn main() -> ExitCode {
                 )
             }),
         }),
+        #[cfg(not(feature = "cluster"))]
+        Command::Node { .. } => {
+            eprintln!(
+                "echelon: this build has no cluster support (the `cluster` feature is opt-in); \
+                 run `cargo run --release --features cluster -- node ...`"
+            );
+            ExitCode::from(2)
+        }
         Command::Soak {
             tasks,
             panic_rate,
@@ -394,22 +411,22 @@ fn soak(tasks: u64, panic_rate: f64, seed: u64, json: bool) -> ExitCode {
     }
 }
 
-/// `bench --rss-probe WAY N`: one W3 memory measurement in this fresh process.
-fn rss_probe_cmd(args: &[String]) -> ExitCode {
+/// `bench --w3-probe WAY N`: one W3 measurement in this fresh process.
+fn w3_probe_cmd(args: &[String]) -> ExitCode {
     let (Some(way), Some(Ok(n))) = (
         args.first().and_then(|w| echelon::bench::Way::parse(w)),
         args.get(1).map(|n| n.parse::<usize>()),
     ) else {
-        eprintln!("echelon: --rss-probe takes a way (tokio, ractor, echelon) and a count");
+        eprintln!("echelon: --w3-probe takes a way (tokio, ractor, echelon) and a count");
         return ExitCode::from(2);
     };
-    match echelon::bench::rss_probe(way, n) {
-        Some(bytes) => {
-            println!("{bytes:.1}");
+    match echelon::bench::w3_probe(way, n) {
+        Some([cold, warm, bytes, shutdown]) => {
+            println!("{cold:.6} {warm:.6} {bytes:.1} {shutdown:.6}");
             ExitCode::SUCCESS
         }
         None => {
-            eprintln!("echelon: the rss probe could not run");
+            eprintln!("echelon: the W3 probe could not run");
             ExitCode::from(1)
         }
     }
@@ -436,6 +453,7 @@ fn bench(cfg: echelon::bench::BenchConfig, json: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    println!("{}", echelon::bench::build_features());
     print!("{}", echelon::bench::table(&rows));
     if let Some(path) = json {
         let text = match serde_json::to_string_pretty(&rows) {
