@@ -16,14 +16,15 @@ use crate::hierarchy::shared::Shared;
 use crate::node::{Directive, Exit, NodeMsg};
 use crate::panic::{catch, CatchUnwind};
 
-/// The first attempt of a task on the fast path ([`AgentState::ready`]), written
-/// once for the single task and the batch: the handler runs inline, a crash goes to
-/// the boxed [`AgentState::redeliver`], then the task is settled and a stop asked by
-/// the handler is carried out.
+/// The first attempt of a task on the fast path, after [`AgentState::begin`] gave its
+/// payload (`Some`) and put its head in [`AgentState::current`]: the handler runs
+/// inline, a crash goes to the boxed [`AgentState::redeliver`], then the task is settled
+/// and a stop asked by the handler is carried out. Written once for the single task and
+/// the batch.
 macro_rules! fast_task {
-    ($state:expr, $task:expr, $myself:expr) => {{
+    ($state:expr, $payload:expr, $myself:expr) => {{
         let state = &mut *$state;
-        if let Some((head, spare, payload)) = state.begin($task) {
+        if let Some(payload) = $payload {
             let result = match state.agent.as_mut() {
                 Some(agent) => {
                     let fut = pin!(agent.handle(&mut state.ctx, payload));
@@ -33,8 +34,8 @@ macro_rules! fast_task {
                     "the agent has no live incarnation (its factory or on_start failed)",
                 ))),
             };
-            if let Some((head, reason)) = state.finish(head, result) {
-                Box::pin(state.redeliver(head, spare, reason, $myself)).await;
+            if let Some(crash) = state.finish(result) {
+                Box::pin(state.redeliver(crash, $myself)).await;
             }
         }
         // settled as soon as the task has its outcome: a kill during the exit below
@@ -45,6 +46,18 @@ macro_rules! fast_task {
         }
     }};
 }
+
+/// What [`AgentActor::handle`] decided before building its future: the payload of a
+/// task on the fast path (`None`: it already has its outcome), or any other message,
+/// boxed so that the future is sized by the payload, not by the largest message.
+enum Work<M> {
+    Fast(Option<M>),
+    Other(Box<NodeMsg<M>>),
+}
+
+/// A task in hand on the fast path: its head, and a copy of its payload for a
+/// redelivery (only when one may happen).
+type Current<M> = (TaskHead<M>, Option<M>);
 
 /// Builds agent values: once per incarnation.
 pub(crate) type Factory<A> = Arc<dyn Fn(usize) -> A + Send + Sync>;
@@ -79,6 +92,10 @@ pub(crate) struct AgentState<A: Agent> {
     escalate_to: Arc<Slot<A::Msg>>,
     epoch: u64,
     stopping: Option<Arc<str>>,
+    /// The fast path's task while its handler runs. Kept here rather than in the
+    /// per-message future: that future lives inside the actor's task for the actor's
+    /// whole life, so every byte of it is a byte per agent.
+    current: Option<Current<A::Msg>>,
 }
 
 impl<A: Agent> Actor for AgentActor<A> {
@@ -102,6 +119,7 @@ impl<A: Agent> Actor for AgentActor<A> {
             escalate_to: args.escalate_to,
             epoch,
             stopping: None,
+            current: None,
         };
         // boxed: the start future stays in the actor's task for its whole life
         Box::pin(state.incarnate())
@@ -110,46 +128,59 @@ impl<A: Agent> Actor for AgentActor<A> {
         Ok(state)
     }
 
-    async fn handle(
+    fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            // The common case runs inline here; every rare path (a restart asked by a
-            // sibling strategy, a stop, a crash, an exit) is a boxed future of its own.
-            // That keeps this future, which ractor builds and moves for every message,
-            // close to the size of the user's handler future.
-            NodeMsg::Task(task) if state.ready() => fast_task!(state, task, &myself),
-            NodeMsg::Task(task) => Box::pin(state.take_slow(task, &myself)).await,
-            // each task of a batch is a task of its own: checked, counted, settled,
-            // crashed and redelivered one at a time, in order (one box per batch)
-            NodeMsg::Batch(batch) => Box::pin(state.take_batch(batch, &myself)).await,
-            NodeMsg::Escalation(task) => {
-                let reason = format!(
-                    "{} is an agent, not a supervisor: it takes no escalations",
-                    state.ctx.path()
-                );
-                state.fail(task.head, &reason);
-                state.ctx.slot.settle();
+    ) -> impl std::future::Future<Output = Result<(), ActorProcessingErr>> + Send {
+        // Decided before the future is built, so the future holds the payload alone
+        // (moved into the user's handler future) and not the whole message, the task's
+        // head or the copies an async fn makes of its arguments: ractor keeps this
+        // future's space in the actor's task for the actor's whole life.
+        let work = match msg {
+            NodeMsg::Task(task) if state.ready() => Work::Fast(state.begin(task)),
+            other => Work::Other(Box::new(other)),
+        };
+        async move {
+            match work {
+                // The common case runs inline here; every rare path (a restart asked by
+                // a sibling strategy, a stop, a crash, an exit) is a boxed future of its
+                // own. That keeps this future close to the size of the user's handler
+                // future.
+                Work::Fast(payload) => fast_task!(state, payload, &myself),
+                Work::Other(msg) => match *msg {
+                    NodeMsg::Task(task) => Box::pin(state.take_slow(task, &myself)).await,
+                    // each task of a batch is a task of its own: checked, counted,
+                    // settled, crashed and redelivered one at a time, in order
+                    NodeMsg::Batch(batch) => Box::pin(state.take_batch(batch, &myself)).await,
+                    NodeMsg::Escalation(task) => {
+                        let reason = format!(
+                            "{} is an agent, not a supervisor: it takes no escalations",
+                            state.ctx.path()
+                        );
+                        state.fail(task.head, &reason);
+                        state.ctx.slot.settle();
+                    }
+                    NodeMsg::ChildExit { reply, .. } => {
+                        let _ = reply.send(Directive::Stop {
+                            reason: Arc::from("an agent has no children"),
+                        });
+                    }
+                    NodeMsg::Respawn { .. } => {}
+                    NodeMsg::Reset => {
+                        if state.stopping.is_none() {
+                            Box::pin(state.check_epoch(&myself)).await;
+                        }
+                    }
+                    NodeMsg::Stop { reason } => {
+                        let stop = state.begin_stop(reason, &myself, StopReason::Shutdown);
+                        Box::pin(stop).await
+                    }
+                },
             }
-            NodeMsg::ChildExit { reply, .. } => {
-                let _ = reply.send(Directive::Stop {
-                    reason: Arc::from("an agent has no children"),
-                });
-            }
-            NodeMsg::Respawn { .. } => {}
-            NodeMsg::Reset => {
-                if state.stopping.is_none() {
-                    Box::pin(state.check_epoch(&myself)).await;
-                }
-            }
-            NodeMsg::Stop { reason } => {
-                Box::pin(state.begin_stop(reason, &myself, StopReason::Shutdown)).await
-            }
+            Ok(())
         }
-        Ok(())
     }
 }
 
@@ -166,7 +197,8 @@ impl<A: Agent> AgentState<A> {
     async fn take_batch(&mut self, batch: Batch<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
         for task in batch {
             if self.ready() {
-                fast_task!(self, task, myself);
+                let payload = self.begin(task);
+                fast_task!(self, payload, myself);
             } else {
                 self.take_slow(task, myself).await;
             }
@@ -194,12 +226,12 @@ impl<A: Agent> AgentState<A> {
             && self.slot().epoch.load(Ordering::Acquire) == self.epoch
     }
 
-    /// The fast path's first attempt, before the handler: the copy kept for a
-    /// redelivery (only when one may happen) and the context set to the task. `None` if
-    /// the task already has its outcome (its `Clone` panicked).
+    /// The fast path's first attempt, before the handler: the context set to the task,
+    /// and its head and a copy of the payload for a redelivery (only when one may
+    /// happen) kept in [`Self::current`]. Gives the payload, or `None` if the task
+    /// already has its outcome (its `Clone` panicked).
     #[inline]
-    #[allow(clippy::type_complexity)]
-    fn begin(&mut self, task: Task<A::Msg>) -> Option<(TaskHead<A::Msg>, Option<A::Msg>, A::Msg)> {
+    fn begin(&mut self, task: Task<A::Msg>) -> Option<A::Msg> {
         let Task { mut head, payload } = task;
         let spare = if self.ctx.shared.max_attempts > 1 {
             // user code: a panicking Clone fails the task rather than the actor
@@ -220,7 +252,8 @@ impl<A: Agent> AgentState<A> {
         self.ctx.attempt = 1;
         // ctx.meta is None between tasks: swapping moves without a drop
         std::mem::swap(&mut self.ctx.meta, &mut head.meta);
-        Some((head, spare, payload))
+        self.current = Some((head, spare));
+        Some(payload)
     }
 
     /// The fast path's first attempt, after the handler: the verdict applied, or the
@@ -229,9 +262,13 @@ impl<A: Agent> AgentState<A> {
     #[inline]
     fn finish(
         &mut self,
-        mut head: TaskHead<A::Msg>,
         result: Result<Result<Verdict<A::Msg>, AgentError>, String>,
-    ) -> Option<(TaskHead<A::Msg>, String)> {
+    ) -> Option<(Current<A::Msg>, String)> {
+        let Some((mut head, spare)) = self.current.take() else {
+            // `begin` always leaves the task here before the handler runs
+            tracing::error!(node = %self.ctx.path(), "echelon bug: a handler finished with no task in hand");
+            return None;
+        };
         std::mem::swap(&mut self.ctx.meta, &mut head.meta);
         match result {
             Ok(Ok(verdict)) => {
@@ -244,17 +281,15 @@ impl<A: Agent> AgentState<A> {
                 shared.fail_as(slot, head, &reason, FailureKind::Rejected);
                 None
             }
-            Ok(Err(e)) => Some((head, format!("crash error: {e}"))),
-            Err(panic) => Some((head, panic)),
+            Ok(Err(e)) => Some(((head, spare), format!("crash error: {e}"))),
+            Err(panic) => Some(((head, spare), panic)),
         }
     }
 
     /// After a crash on the fast path: recover, then go on like [`Self::run`].
     async fn redeliver(
         &mut self,
-        head: TaskHead<A::Msg>,
-        spare: Option<A::Msg>,
-        reason: String,
+        ((head, spare), reason): (Current<A::Msg>, String),
         myself: &ActorRef<NodeMsg<A::Msg>>,
     ) {
         let Some(head) = self.crashed(head, reason, myself).await else {

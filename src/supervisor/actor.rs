@@ -180,8 +180,10 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
                 reply,
             } => {
                 let current = state.children.get(child).and_then(|c| c.actor);
+                // boxed, like every rare path: ractor keeps room for this future in the
+                // supervisor's task for its whole life
                 let directive = if current == Some(from) {
-                    state.on_child_exit(child, exit, &myself).await
+                    Box::pin(state.on_child_exit(child, exit, &myself)).await
                 } else {
                     Directive::Stop {
                         reason: Arc::from("a report from a buried incarnation"),
@@ -189,7 +191,7 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
                 };
                 let _ = reply.send(directive);
             }
-            NodeMsg::Respawn { child } => state.respawn(child, &myself).await,
+            NodeMsg::Respawn { child } => Box::pin(state.respawn(child, &myself)).await,
             NodeMsg::Reset => {
                 if state.stopping.is_none() {
                     state.reset_all(None);
@@ -219,16 +221,9 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
             return Ok(());
         };
         state.children[i].actor = None;
-        // a clean stop (slot closed, mailbox drained) leaves nothing unsettled; anything
-        // else, including a kill during a stop, is accounted here
-        let spec = state.children[i].spec.clone();
-        account_dead_subtree(&spec).await;
-        if spec.slot().is_closed() {
-            state.children[i].state = ChildState::Stopped;
-        } else {
-            state.on_child_died(i, reason, &myself).await;
-        }
-        state.maybe_finish_stop(&myself);
+        // boxed: a child's death is rare, and ractor keeps room for this future in the
+        // supervisor's task for its whole life
+        Box::pin(state.on_child_gone(i, reason, &myself)).await;
         Ok(())
     }
 }
@@ -254,6 +249,21 @@ async fn account_dead_subtree<M: crate::Message>(spec: &NodeSpec<M>) {
 }
 
 impl<M: crate::Message> SupervisorState<M> {
+    /// Child `i`'s actor is gone: account what its subtree's mailboxes held, then
+    /// record a clean stop or apply the restart policy.
+    async fn on_child_gone(&mut self, i: usize, reason: String, myself: &ActorRef<NodeMsg<M>>) {
+        // a clean stop (slot closed, mailbox drained) leaves nothing unsettled; anything
+        // else, including a kill during a stop, is accounted here
+        let spec = self.children[i].spec.clone();
+        account_dead_subtree(&spec).await;
+        if spec.slot().is_closed() {
+            self.children[i].state = ChildState::Stopped;
+        } else {
+            self.on_child_died(i, reason, myself).await;
+        }
+        self.maybe_finish_stop(myself);
+    }
+
     // ---- escalations ----------------------------------------------------------------
 
     fn on_escalation(&mut self, task: Task<M>) {
