@@ -1,7 +1,8 @@
 //! The ractor actor that runs one agent: catches its crashes, asks its supervisor what
 //! to do, restarts it in place and redelivers the task that crashed.
 
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -47,12 +48,17 @@ macro_rules! fast_task {
     }};
 }
 
-/// What [`AgentActor::handle`] decided before building its future: the payload of a
-/// task on the fast path (`None`: it already has its outcome), or any other message,
-/// boxed so that the future is sized by the payload, not by the largest message.
-enum Work<M> {
-    Fast(Option<M>),
-    Other(Box<NodeMsg<M>>),
+/// What [`AgentActor::handle`] decided before building its future: a task on the fast
+/// path (its payload, `None` if it already has its outcome), the boxed future of a rare
+/// path, or nothing left to do (a message handled on the spot).
+enum Work<'a, A: Agent> {
+    Fast(
+        &'a mut AgentState<A>,
+        Option<A::Msg>,
+        ActorRef<NodeMsg<A::Msg>>,
+    ),
+    Rare(Pin<Box<dyn Future<Output = ()> + Send + 'a>>),
+    Done,
 }
 
 /// A task in hand on the fast path: its head, and a copy of its payload for a
@@ -133,51 +139,63 @@ impl<A: Agent> Actor for AgentActor<A> {
         myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
-    ) -> impl std::future::Future<Output = Result<(), ActorProcessingErr>> + Send {
+    ) -> impl Future<Output = Result<(), ActorProcessingErr>> + Send {
         // Decided before the future is built, so the future holds the payload alone
         // (moved into the user's handler future) and not the whole message, the task's
         // head or the copies an async fn makes of its arguments: ractor keeps this
-        // future's space in the actor's task for the actor's whole life.
-        let work = match msg {
-            NodeMsg::Task(task) if state.ready() => Work::Fast(state.begin(task)),
-            other => Work::Other(Box::new(other)),
+        // future's space in the actor's task for the actor's whole life. Every rare path
+        // (a restart asked by a sibling strategy, a stop, a batch, a task while no
+        // incarnation is ready) is one boxed future of its own, sized by that path;
+        // messages that need no waiting are handled here.
+        let work: Work<'_, A> = match msg {
+            NodeMsg::Task(task) if state.ready() => {
+                let payload = state.begin(task);
+                Work::Fast(state, payload, myself)
+            }
+            NodeMsg::Task(task) => {
+                Work::Rare(Box::pin(
+                    async move { state.take_slow(task, &myself).await },
+                ))
+            }
+            // each task of a batch is a task of its own: checked, counted, settled,
+            // crashed and redelivered one at a time, in order
+            NodeMsg::Batch(batch) => {
+                Work::Rare(Box::pin(
+                    async move { state.take_batch(batch, &myself).await },
+                ))
+            }
+            NodeMsg::Escalation(task) => {
+                let reason = format!(
+                    "{} is an agent, not a supervisor: it takes no escalations",
+                    state.ctx.path()
+                );
+                state.fail(task.head, &reason);
+                state.ctx.slot.settle();
+                Work::Done
+            }
+            NodeMsg::ChildExit { reply, .. } => {
+                let _ = reply.send(Directive::Stop {
+                    reason: Arc::from("an agent has no children"),
+                });
+                Work::Done
+            }
+            NodeMsg::Respawn { .. } => Work::Done,
+            NodeMsg::Reset if state.stopping.is_none() => Work::Rare(Box::pin(async move {
+                state.check_epoch(&myself).await;
+            })),
+            NodeMsg::Reset => Work::Done,
+            NodeMsg::Stop { reason } => Work::Rare(Box::pin(async move {
+                state
+                    .begin_stop(reason, &myself, StopReason::Shutdown)
+                    .await
+            })),
         };
         async move {
             match work {
-                // The common case runs inline here; every rare path (a restart asked by
-                // a sibling strategy, a stop, a crash, an exit) is a boxed future of its
-                // own. That keeps this future close to the size of the user's handler
-                // future.
-                Work::Fast(payload) => fast_task!(state, payload, &myself),
-                Work::Other(msg) => match *msg {
-                    NodeMsg::Task(task) => Box::pin(state.take_slow(task, &myself)).await,
-                    // each task of a batch is a task of its own: checked, counted,
-                    // settled, crashed and redelivered one at a time, in order
-                    NodeMsg::Batch(batch) => Box::pin(state.take_batch(batch, &myself)).await,
-                    NodeMsg::Escalation(task) => {
-                        let reason = format!(
-                            "{} is an agent, not a supervisor: it takes no escalations",
-                            state.ctx.path()
-                        );
-                        state.fail(task.head, &reason);
-                        state.ctx.slot.settle();
-                    }
-                    NodeMsg::ChildExit { reply, .. } => {
-                        let _ = reply.send(Directive::Stop {
-                            reason: Arc::from("an agent has no children"),
-                        });
-                    }
-                    NodeMsg::Respawn { .. } => {}
-                    NodeMsg::Reset => {
-                        if state.stopping.is_none() {
-                            Box::pin(state.check_epoch(&myself)).await;
-                        }
-                    }
-                    NodeMsg::Stop { reason } => {
-                        let stop = state.begin_stop(reason, &myself, StopReason::Shutdown);
-                        Box::pin(stop).await
-                    }
-                },
+                // the common case: the user's handler future runs inline here
+                Work::Fast(state, payload, myself) => fast_task!(state, payload, &myself),
+                Work::Rare(rare) => rare.await,
+                Work::Done => {}
             }
             Ok(())
         }
