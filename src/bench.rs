@@ -546,6 +546,7 @@ async fn w3_tokio(n: usize) -> (f64, f64, f64) {
     let spawn = t.elapsed().as_secs_f64();
     let bytes = (crate::soak::rss_kb().saturating_sub(before) * 1024) as f64 / n as f64;
     let t = Instant::now();
+    // drop every sender first (each task then ends), then wait for them all
     let handles: Vec<_> = tasks.into_iter().map(|(_, h)| h).collect();
     for h in handles {
         let _ = h.await;
@@ -567,44 +568,69 @@ pub fn w3_probe(way: Way, n: usize) -> Option<[f64; 4]> {
         .build()
         .ok()?;
     let n = n.max(1);
-    let once = move |n: usize| async move {
-        match way {
-            Way::Tokio => w3_tokio(n).await,
-            Way::Ractor => w3_ractor(n).await,
-            Way::Echelon => w3_echelon(n).await,
-        }
-    };
     rt.block_on(async move {
         tokio::spawn(async move {
             // the runtime's, ractor's and echelon's one-time allocations (the panic
             // hook, thread-locals, the timer wheel) are not per agent
-            let _ = once(10).await;
-            let (cold, bytes, shutdown) = once(n).await;
-            let (warm, _, _) = once(n).await;
-            [cold, warm, bytes, shutdown]
+            let _ = w3_once(way, 10).await;
+            w3_cold_warm(way, n).await
         })
         .await
         .ok()
     })
 }
 
+/// W3 once, the given way: (seconds to spawn, bytes per agent, seconds to shut down).
+async fn w3_once(way: Way, n: usize) -> (f64, f64, f64) {
+    match way {
+        Way::Tokio => w3_tokio(n).await,
+        Way::Ractor => w3_ractor(n).await,
+        Way::Echelon => w3_echelon(n).await,
+    }
+}
+
+/// W3 cold, then warm: [cold spawn s, warm spawn s, bytes per agent (cold), shutdown s
+/// (cold)].
+async fn w3_cold_warm(way: Way, n: usize) -> [f64; 4] {
+    let (cold, bytes, shutdown) = w3_once(way, n).await;
+    let (warm, _, _) = w3_once(way, n).await;
+    [cold, warm, bytes, shutdown]
+}
+
 /// W3 in `reps` fresh processes ([`w3_probe`] in this executable run again), one
 /// measurement each.
 fn fresh_w3(way: Way, n: usize, reps: usize) -> Vec<[f64; 4]> {
-    let Ok(exe) = std::env::current_exe() else {
-        return Vec::new();
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("echelon bench: cannot find this executable for the W3 probe: {e}");
+            return Vec::new();
+        }
     };
     let mut v = Vec::new();
     for _ in 0..reps {
-        let Ok(out) = std::process::Command::new(&exe)
+        let out = match std::process::Command::new(&exe)
             .args(["bench", "--w3-probe", way.name(), &n.to_string()])
             .output()
-        else {
-            break;
+        {
+            Ok(out) if out.status.success() => out,
+            // the row is left short (or empty), and the reason shown
+            Ok(out) => {
+                eprintln!(
+                    "echelon bench: the W3 probe ({}) failed: {}",
+                    way.name(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                break;
+            }
+            Err(e) => {
+                eprintln!(
+                    "echelon bench: cannot run the W3 probe ({}): {e}",
+                    way.name()
+                );
+                break;
+            }
         };
-        if !out.status.success() {
-            break;
-        }
         let text = String::from_utf8_lossy(&out.stdout);
         let xs: Vec<f64> = text
             .split_whitespace()
@@ -1165,18 +1191,9 @@ async fn w1_w2_w3_rows(cfg: &BenchConfig) -> Vec<Row> {
             } else if cfg.fresh_w3 {
                 fresh_w3(way, cfg.agents, reps)
             } else {
-                let once = || async {
-                    match way {
-                        Way::Tokio => w3_tokio(cfg.agents).await,
-                        Way::Ractor => w3_ractor(cfg.agents).await,
-                        Way::Echelon => w3_echelon(cfg.agents).await,
-                    }
-                };
                 let mut v = Vec::new();
                 for _ in 0..reps {
-                    let (cold, bytes, shutdown) = once().await;
-                    let (warm, _, _) = once().await;
-                    v.push([cold, warm, bytes, shutdown]);
+                    v.push(w3_cold_warm(way, cfg.agents).await);
                 }
                 v
             }
