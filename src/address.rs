@@ -17,7 +17,7 @@ use ractor::{ActorRef, MessagingErr};
 use tokio::sync::{oneshot, Notify};
 
 use crate::accounting::{bump, Counters, NodeStats};
-use crate::envelope::{Batch, Outcome, Path, Role, Task, TaskId};
+use crate::envelope::{Batch, Outcome, Path, Reply, Role, Task, TaskId};
 use crate::hierarchy::shared::Shared;
 use crate::node::NodeMsg;
 
@@ -345,7 +345,7 @@ impl<M: crate::Message> AgentRef<M> {
     pub async fn call_wait(&self, msg: M) -> Result<Outcome<M>, SendError<M>> {
         self.wait_for_room(1).await;
         let (tx, rx) = oneshot::channel();
-        let id = self.submit(msg, Some(tx), true)?;
+        let id = self.submit(msg, Some(tx.into()), true)?;
         Ok(rx.await.unwrap_or_else(|_| self.lost(id)))
     }
 
@@ -499,7 +499,7 @@ impl<M: crate::Message> AgentRef<M> {
             return Err(self.refuse_full(msg, capacity));
         }
         let (tx, rx) = oneshot::channel();
-        let id = self.submit(msg, Some(tx), true)?;
+        let id = self.submit(msg, Some(tx.into()), true)?;
         Ok(rx.await.unwrap_or_else(|_| self.lost(id)))
     }
 
@@ -527,10 +527,10 @@ impl<M: crate::Message> AgentRef<M> {
     pub(crate) fn submit_branch(
         &self,
         msg: M,
-        reply: oneshot::Sender<Outcome<M>>,
+        reply: impl Into<Reply<M>>,
         budget: Option<Arc<crate::budget::Budget>>,
     ) -> Result<TaskId, SendError<M>> {
-        self.submit_with(msg, Some(reply), false, |h| {
+        self.submit_with(msg, Some(reply.into()), false, |h| {
             h.branch = true;
             if budget.is_some() {
                 h.meta_mut().budget = budget;
@@ -546,7 +546,7 @@ impl<M: crate::Message> AgentRef<M> {
     ) -> Result<WithDetail<M>, SendError<M>> {
         let (tx, rx) = oneshot::channel();
         let (dtx, drx) = oneshot::channel();
-        self.submit_with(msg, Some(tx), true, |h| {
+        self.submit_with(msg, Some(tx.into()), true, |h| {
             let meta = h.meta_mut();
             meta.detail = Some(dtx);
             meta.budget = budget;
@@ -559,7 +559,7 @@ impl<M: crate::Message> AgentRef<M> {
     pub(crate) fn submit(
         &self,
         msg: M,
-        reply: Option<oneshot::Sender<Outcome<M>>>,
+        reply: Option<Reply<M>>,
         external: bool,
     ) -> Result<TaskId, SendError<M>> {
         self.submit_with(msg, reply, external, |_| {})
@@ -568,7 +568,7 @@ impl<M: crate::Message> AgentRef<M> {
     pub(crate) fn submit_with(
         &self,
         msg: M,
-        reply: Option<oneshot::Sender<Outcome<M>>>,
+        reply: Option<Reply<M>>,
         external: bool,
         prepare: impl FnOnce(&mut crate::envelope::TaskHead<M>),
     ) -> Result<TaskId, SendError<M>> {

@@ -39,7 +39,7 @@ pub struct BenchConfig {
     /// Repetitions per measurement (the median is reported).
     pub reps: usize,
     /// Only these workloads (bit k set: workload Wk; bit [`W1_BATCHED`]: W1 batched),
-    /// for profiling one path; 0: all. Only W1, W1b, W2, W3 and W7 can be picked out.
+    /// for profiling one path; 0: all.
     pub only: u32,
     /// Only these ways (bit 0: raw tokio, bit 1: raw ractor, bit 2: echelon); 0: all.
     pub ways: u8,
@@ -978,9 +978,15 @@ pub async fn w5_once(which: &str, n: u64) -> Option<(f64, f64)> {
 pub async fn w5_rows(cfg: &BenchConfig) -> Vec<Row> {
     let (mut t5, mut r5, mut e5) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..cfg.reps.clamp(1, 3) {
-        t5.push(w5_tokio(cfg.pipeline).await);
-        r5.push(w5_ractor(cfg.pipeline).await);
-        e5.push(w5_echelon(cfg.pipeline).await);
+        if cfg.way(Way::Tokio) {
+            t5.push(w5_tokio(cfg.pipeline).await);
+        }
+        if cfg.way(Way::Ractor) {
+            r5.push(w5_ractor(cfg.pipeline).await);
+        }
+        if cfg.way(Way::Echelon) {
+            e5.push(w5_echelon(cfg.pipeline).await);
+        }
     }
     let two = |v: &[(f64, f64)], k: usize| {
         stats(v.iter().map(|x| if k == 0 { x.0 } else { x.1 }).collect())
@@ -1065,46 +1071,35 @@ async fn w7_echelon(n: u64, batch: usize) -> f64 {
     r
 }
 
-/// Run the workloads on the current runtime.
+/// Run the workloads on the current runtime: all of them, or only those picked with
+/// [`BenchConfig::only`] and [`BenchConfig::ways`] (for profiling one path).
 pub async fn run(cfg: BenchConfig) -> Vec<Row> {
-    if cfg.only != 0 || cfg.ways != 0 {
-        return run_selected(&cfg).await;
-    }
+    let cfg = &cfg;
     let r = cfg.reps;
-    let mut rows = Vec::new();
-    let row = |name: &str, unit: &str, hib: bool, t, ra, e| Row {
-        name: name.into(),
-        unit: unit.into(),
-        higher_is_better: hib,
-        tokio: t,
-        ractor: ra,
-        echelon: e,
-    };
-    rows.extend(w1_w2_w3_rows(&cfg).await);
-    rows.push(row(
-        "W4 broadcast to 8, gather all",
-        "req/s",
-        true,
-        reps(r, || w4_tokio(cfg.broadcasts)).await,
-        reps(r, || w4_ractor(cfg.broadcasts)).await,
-        reps(r, || w4_echelon(cfg.broadcasts)).await,
-    ));
-    rows.extend(w5_rows(&cfg).await);
-    rows.push(row(
-        "W6 crash → restarted → serving",
-        "µs",
-        false,
-        None,
-        None,
-        reps(r, || w6_echelon(cfg.restarts)).await,
-    ));
-    rows.extend(w7_rows(&cfg).await);
-    rows
-}
-
-/// Only the workloads and ways asked for (`--only`, `--way`): for profiling one path.
-async fn run_selected(cfg: &BenchConfig) -> Vec<Row> {
     let mut rows = w1_w2_w3_rows(cfg).await;
+    if cfg.wants(4) {
+        rows.push(row(
+            "W4 broadcast to 8, gather all",
+            "req/s",
+            true,
+            reps_of(cfg, Way::Tokio, r, || w4_tokio(cfg.broadcasts)).await,
+            reps_of(cfg, Way::Ractor, r, || w4_ractor(cfg.broadcasts)).await,
+            reps_of(cfg, Way::Echelon, r, || w4_echelon(cfg.broadcasts)).await,
+        ));
+    }
+    if cfg.wants(5) {
+        rows.extend(w5_rows(cfg).await);
+    }
+    if cfg.wants(6) {
+        rows.push(row(
+            "W6 crash → restarted → serving",
+            "µs",
+            false,
+            None,
+            None,
+            reps_of(cfg, Way::Echelon, r, || w6_echelon(cfg.restarts)).await,
+        ));
+    }
     rows.extend(w7_rows(cfg).await);
     rows
 }

@@ -381,7 +381,39 @@ pub(crate) struct TaskHead<M> {
     /// the branch's result instead of going up the hierarchy.
     pub(crate) branch: bool,
     pub(crate) meta: Option<Box<TaskMeta<M>>>,
-    pub(crate) reply: Option<oneshot::Sender<Outcome<M>>>,
+    pub(crate) reply: Option<Reply<M>>,
+}
+
+/// Where a task's outcome goes.
+pub(crate) enum Reply<M> {
+    /// A caller waiting on its own channel (`call`, a pipeline run, a remote node).
+    Caller(oneshot::Sender<Outcome<M>>),
+    /// One branch of a router's gather, into the gather's shared inbox.
+    Branch(crate::router::arrivals::BranchReply<M>),
+}
+
+impl<M> Reply<M> {
+    /// Deliver the outcome (to nobody, if the caller stopped waiting).
+    pub(crate) fn send(self, outcome: Outcome<M>) {
+        match self {
+            Reply::Caller(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Branch(b) => b.send(outcome),
+        }
+    }
+}
+
+impl<M> From<crate::router::arrivals::BranchReply<M>> for Reply<M> {
+    fn from(b: crate::router::arrivals::BranchReply<M>) -> Self {
+        Reply::Branch(b)
+    }
+}
+
+impl<M> From<oneshot::Sender<Outcome<M>>> for Reply<M> {
+    fn from(tx: oneshot::Sender<Outcome<M>>) -> Self {
+        Reply::Caller(tx)
+    }
 }
 
 /// A task in flight: head and payload.
@@ -400,7 +432,7 @@ impl<M> fmt::Debug for Task<M> {
 }
 
 impl<M> Task<M> {
-    pub(crate) fn new(id: TaskId, payload: M, reply: Option<oneshot::Sender<Outcome<M>>>) -> Self {
+    pub(crate) fn new(id: TaskId, payload: M, reply: Option<Reply<M>>) -> Self {
         Task {
             head: TaskHead {
                 id,

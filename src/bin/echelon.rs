@@ -55,8 +55,8 @@ enum Command {
         /// Also write the rows as JSON to this file.
         #[arg(long, value_name = "OUT")]
         json: Option<PathBuf>,
-        /// Profiling: only these workloads, e.g. "W1,W2" (W1, W1b for W1 batched, W2,
-        /// W3, W7).
+        /// Profiling: only these workloads, e.g. "W1,W2" (W1 ... W7, and W1b for W1
+        /// batched).
         #[arg(long, hide = true, value_delimiter = ',')]
         only: Vec<String>,
         /// Profiling: only these ways, e.g. "echelon,ractor".
@@ -66,7 +66,7 @@ enum Command {
         #[arg(long, hide = true)]
         reps: Option<usize>,
         /// Profiling: this size for every selected workload (messages, round trips,
-        /// agents, readings).
+        /// agents, requests, restarts, readings).
         #[arg(long, hide = true)]
         n: Option<u64>,
         /// Internal: run W3 the given way with N agents in this fresh process and print
@@ -178,9 +178,9 @@ fn main() -> ExitCode {
                     continue;
                 }
                 match w.trim_start_matches(['W', 'w']).parse::<u32>() {
-                    Ok(k @ (1 | 2 | 3 | 7)) => cfg.only |= 1 << k,
+                    Ok(k @ 1..=7) => cfg.only |= 1 << k,
                     _ => {
-                        eprintln!("echelon: --only takes W1, W1b, W2, W3 or W7, not {w:?}");
+                        eprintln!("echelon: --only takes W1, W1b, W2 ... W7, not {w:?}");
                         return ExitCode::from(2);
                     }
                 }
@@ -202,6 +202,9 @@ fn main() -> ExitCode {
                 cfg.round_trips = n;
                 cfg.agents = usize::try_from(n).unwrap_or(usize::MAX);
                 cfg.readings = n;
+                cfg.broadcasts = n;
+                cfg.pipeline = n;
+                cfg.restarts = n;
             }
             cfg.fresh_w3 = true;
             bench(cfg, json)

@@ -269,7 +269,7 @@ impl<M: crate::Message + Serialize + DeserializeOwned> Team for HostedTeam<M> {
             );
             let (tx, rx) = oneshot::channel();
             let escalation = task.escalation;
-            let id = match agent.submit_with(task.payload, Some(tx), false, |h| {
+            let id = match agent.submit_with(task.payload, Some(tx.into()), false, |h| {
                 if escalation.is_some() {
                     h.meta_mut().escalation = escalation;
                 }

@@ -176,7 +176,7 @@ impl<M: crate::Message> Shared<M> {
         }
         bump(&at.stats.own.completed);
         if let Some(tx) = head.reply.take() {
-            let _ = tx.send(Outcome::Completed {
+            tx.send(Outcome::Completed {
                 reply,
                 by: at.path.clone(),
                 trail: head.take_trail(),
@@ -210,7 +210,7 @@ impl<M: crate::Message> Shared<M> {
                     reason: reason.to_string(),
                 },
             ));
-            let _ = tx.send(Outcome::Failed(Failure {
+            tx.send(Outcome::Failed(Failure {
                 task: head.id,
                 kind,
                 at: at.path.clone(),
@@ -229,7 +229,7 @@ impl<M: crate::Message> Shared<M> {
         let (severity, reason, origin) = escalation_summary(&head, at);
         let trail = head.take_trail();
         if let Some(tx) = head.reply.take() {
-            let _ = tx.send(Outcome::Escalated {
+            tx.send(Outcome::Escalated {
                 severity,
                 reason: reason.clone(),
                 origin: origin.clone(),
@@ -263,7 +263,7 @@ impl<M: crate::Message> Shared<M> {
         bump(&at.stats.own.completed);
         let (severity, reason, origin) = escalation_summary(&head, at);
         if let Some(tx) = head.reply.take() {
-            let _ = tx.send(Outcome::Escalated {
+            tx.send(Outcome::Escalated {
                 severity,
                 reason,
                 origin,

@@ -40,8 +40,8 @@ use crate::accounting::bump;
 use crate::address::Slot;
 use crate::budget::Budget;
 use crate::envelope::{
-    AuditEntry, BranchEscalation, Decision, Detail, Failure, FailureKind, Outcome, Task, TaskHead,
-    TaskId,
+    AuditEntry, BranchEscalation, Decision, Detail, Failure, FailureKind, Outcome, Reply, Task,
+    TaskHead, TaskId,
 };
 use crate::hierarchy::shared::Shared;
 use crate::lead::{LeadNode, RunGuard};
@@ -82,7 +82,7 @@ enum Answer<M> {
 
 /// What the caller waits on.
 struct Ports<M> {
-    reply: Option<oneshot::Sender<Outcome<M>>>,
+    reply: Option<Reply<M>>,
     detail: Option<oneshot::Sender<Detail<M>>>,
     /// The per-stage report, kept only when the caller asked for it.
     tally: Option<Tally>,
@@ -298,7 +298,7 @@ fn send_failure<M>(
         tally,
     } = ports;
     if let (Some(tx), Some(at)) = (reply, at) {
-        let _ = tx.send(Outcome::Failed(Failure {
+        tx.send(Outcome::Failed(Failure {
             task: id,
             kind,
             at,
@@ -883,7 +883,7 @@ fn finish<M: crate::Message>(
                 _ => None,
             };
             if let Some(tx) = reply {
-                let _ = tx.send(Outcome::Completed {
+                tx.send(Outcome::Completed {
                     reply: Some(m),
                     by: path.unwrap_or_else(|| at.path.clone()),
                     trail: head.take_trail(),

@@ -1,7 +1,7 @@
 //! The router actor and the gather task that fans one request's branches back in.
 
 use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::arrivals::{Arrival, Arrivals};
 use super::breaker::Health;
 use super::gather::{decide, BranchReport, BranchStatus, GatherError, Gathered, Partial};
 use super::strategy::{pick, PickError};
@@ -120,6 +121,7 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
             head.record(node.shared.entry(&node.slot, Decision::Routed { to }));
         }
         let mut pending = Vec::with_capacity(chosen.len());
+        let arrivals = Arrivals::new(chosen.len());
         let mut spare = Some(payload);
         for (k, &i) in chosen.iter().enumerate() {
             let w = &this.workers[i];
@@ -129,19 +131,17 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
                 spare.clone()
             };
             let Some(msg) = msg else { break };
-            let (tx, rx) = oneshot::channel();
             let wref = AgentRef {
                 slot: w.slot.clone(),
                 shared: node.shared.clone(),
             };
-            let rx = match wref.submit_branch(msg, tx, head.budget().cloned()) {
-                Ok(_) => Some(rx),
-                Err(_) => None,
-            };
+            let sent = wref
+                .submit_branch(msg, arrivals.port(k), head.budget().cloned())
+                .is_ok();
             pending.push(Pending {
                 worker: i,
                 path: w.slot.path.clone(),
-                rx,
+                sent,
             });
         }
         this.requests.fetch_add(1, Ordering::AcqRel);
@@ -152,6 +152,7 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
             escalate_to: node.escalate_to.clone(),
             head,
             pending,
+            arrivals,
             started,
         };
         // counted before the task exists, so a stop never misses it
@@ -206,11 +207,11 @@ fn send_detail<M>(tx: Option<oneshot::Sender<Detail<M>>>, g: Gathered<M>) {
     }
 }
 
-struct Pending<M> {
+struct Pending {
     worker: usize,
     path: Path,
-    /// `None` if the branch could not even be sent (worker closed).
-    rx: Option<oneshot::Receiver<Outcome<M>>>,
+    /// False if the branch could not even be sent (worker closed).
+    sent: bool,
 }
 
 struct GatherJob<M> {
@@ -219,12 +220,24 @@ struct GatherJob<M> {
     slot: Arc<Slot<M>>,
     escalate_to: Arc<Slot<M>>,
     head: TaskHead<M>,
-    pending: Vec<Pending<M>>,
+    pending: Vec<Pending>,
+    /// Where the branches answer.
+    arrivals: Arc<Arrivals<M>>,
     started: Instant,
 }
 
+/// What woke a gather.
+enum Woke {
+    /// One or more branches answered.
+    Answers,
+    /// The hierarchy is stopping.
+    Aborted,
+    /// The router's deadline passed.
+    Expired,
+}
+
 impl<M: crate::Message> GatherJob<M> {
-    async fn run(mut self, _running: crate::lead::RunGuard) {
+    async fn run(self, _running: crate::lead::RunGuard) {
         let inner = self.inner.clone();
         // the admission count is released however this task ends
         let admitted = Admitted(&inner.requests);
@@ -246,11 +259,10 @@ impl<M: crate::Message> GatherJob<M> {
         let mut answers = 0usize;
         let mut escalation: Option<BranchEscalation<M>> = None;
         let mut fail_fast: Option<GatherError> = None;
-        let mut rxs: Vec<Option<oneshot::Receiver<Outcome<M>>>> =
-            self.pending.iter_mut().map(|p| p.rx.take()).collect();
-        // branches that could not be sent failed at once
+        // branches that could not be sent failed at once (their ports' drops arrive as
+        // well, and are ignored: the branch is done)
         for k in 0..n {
-            if rxs[k].is_none() {
+            if !self.pending[k].sent {
                 done[k] = true;
                 reports[k].status = BranchStatus::Failed("the worker is closed".to_string());
                 self.health(k, false);
@@ -264,44 +276,60 @@ impl<M: crate::Message> GatherJob<M> {
         }
         let deadline = cfg.deadline.map(|d| self.started + d);
         let mut timed_out = false;
+        // made once for the whole gather, not once per answer: a stop of the hierarchy
+        // and the deadline
+        let mut aborted = pin!(inner.runs.aborted());
+        let mut expired = pin!(async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        });
+        // answers that arrived together, all taken at once, oldest first
+        let mut got: Vec<Arrival<M>> = Vec::with_capacity(n);
+        let arrivals = self.arrivals.clone();
         while fail_fast.is_none()
             && done.iter().any(|d| !d)
             && !(broadcast && cfg.gather.decided_early(answers))
         {
-            let next = poll_fn(|cx| {
-                for (k, rx) in rxs.iter_mut().enumerate() {
-                    if let Some(r) = rx {
-                        if let Poll::Ready(v) = Pin::new(r).poll(cx) {
-                            return Poll::Ready((k, v));
-                        }
+            if got.is_empty() {
+                let woke = poll_fn(|cx| {
+                    if arrivals.poll_take(cx, &mut got).is_ready() {
+                        return Poll::Ready(Woke::Answers);
+                    }
+                    if aborted.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Aborted);
+                    }
+                    if expired.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Expired);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match woke {
+                    Woke::Answers => got.reverse(),
+                    Woke::Aborted => {
+                        fail_fast.get_or_insert(GatherError::NoWorker(
+                            "the hierarchy stopped before every branch answered".to_string(),
+                        ));
+                        break;
+                    }
+                    Woke::Expired => {
+                        timed_out = true;
+                        break;
                     }
                 }
-                Poll::Pending
-            });
-            let next = async {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d, next).await.ok(),
-                    None => Some(next.await),
-                }
+            }
+            let Some((k, outcome)) = got.pop() else {
+                continue;
             };
-            let got = tokio::select! {
-                got = next => got,
-                () = inner.runs.aborted() => {
-                    fail_fast.get_or_insert(GatherError::NoWorker(
-                        "the hierarchy stopped before every branch answered".to_string(),
-                    ));
-                    break;
-                }
-            };
-            let Some((k, outcome)) = got else {
-                timed_out = true;
-                break;
-            };
-            rxs[k] = None;
+            if k >= n || done[k] {
+                continue;
+            }
             done[k] = true;
             reports[k].elapsed = self.started.elapsed();
             let status = match outcome {
-                Ok(Outcome::Completed { reply, .. }) => {
+                Some(Outcome::Completed { reply, .. }) => {
                     // a reply-less completion (Done, an absorbed escalation) is not an
                     // answer a race or a quorum can be decided on
                     if reply.is_some() {
@@ -310,7 +338,7 @@ impl<M: crate::Message> GatherJob<M> {
                     arrival.push(k);
                     BranchStatus::Answered(reply)
                 }
-                Ok(Outcome::Escalated {
+                Some(Outcome::Escalated {
                     severity,
                     reason,
                     origin,
@@ -326,8 +354,8 @@ impl<M: crate::Message> GatherJob<M> {
                     });
                     BranchStatus::Escalated { severity, reason }
                 }
-                Ok(Outcome::Failed(f)) => BranchStatus::Failed(f.reason),
-                Err(_) => {
+                Some(Outcome::Failed(f)) => BranchStatus::Failed(f.reason),
+                None => {
                     BranchStatus::Failed("the branch was lost with its worker's actor".to_string())
                 }
             };
@@ -367,7 +395,6 @@ impl<M: crate::Message> GatherJob<M> {
                 }
             }
         }
-        drop(rxs);
         let stats = &self.slot.stats.own;
         if timed_out {
             crate::accounting::add(&stats.timed_out, u64::from(late));

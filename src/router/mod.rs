@@ -22,6 +22,7 @@
 //! (config, builder, handle).
 
 pub(crate) mod actor;
+pub(crate) mod arrivals;
 mod breaker;
 mod gather;
 mod strategy;
