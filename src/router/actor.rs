@@ -255,7 +255,7 @@ impl<M: crate::Message> GatherJob<M> {
             })
             .collect();
         let mut done = vec![false; n];
-        let mut arrival = Vec::new();
+        let mut arrival = Vec::with_capacity(n);
         let mut answers = 0usize;
         let mut escalation: Option<BranchEscalation<M>> = None;
         let mut fail_fast: Option<GatherError> = None;
@@ -287,6 +287,8 @@ impl<M: crate::Message> GatherJob<M> {
         });
         // answers that arrived together, all taken at once, oldest first
         let mut got: Vec<Arrival<M>> = Vec::with_capacity(n);
+        // when the answers in `got` were taken (one clock read for all of them)
+        let mut taken = Duration::ZERO;
         let arrivals = self.arrivals.clone();
         while fail_fast.is_none()
             && done.iter().any(|d| !d)
@@ -307,7 +309,10 @@ impl<M: crate::Message> GatherJob<M> {
                 })
                 .await;
                 match woke {
-                    Woke::Answers => got.reverse(),
+                    Woke::Answers => {
+                        got.reverse();
+                        taken = self.started.elapsed();
+                    }
                     Woke::Aborted => {
                         fail_fast.get_or_insert(GatherError::NoWorker(
                             "the hierarchy stopped before every branch answered".to_string(),
@@ -327,7 +332,7 @@ impl<M: crate::Message> GatherJob<M> {
                 continue;
             }
             done[k] = true;
-            reports[k].elapsed = self.started.elapsed();
+            reports[k].elapsed = taken;
             let status = match outcome {
                 Some(Outcome::Completed { reply, .. }) => {
                     // a reply-less completion (Done, an absorbed escalation) is not an
@@ -461,11 +466,13 @@ impl<M: crate::Message> GatherJob<M> {
     }
 
     fn health(&self, k: usize, ok: bool) {
+        // without a breaker there is nothing to record (and no clock to read)
+        let Some(breaker) = self.inner.cfg.breaker.as_ref() else {
+            return;
+        };
         let w = self.pending[k].worker;
         if let Some(worker) = self.inner.workers.get(w) {
-            worker
-                .health
-                .finish(self.inner.cfg.breaker.as_ref(), self.shared.now(), ok);
+            worker.health.finish(Some(breaker), self.shared.now(), ok);
         }
     }
 
