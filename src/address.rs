@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ractor::{ActorRef, MessagingErr};
 use tokio::sync::{oneshot, Notify};
@@ -28,9 +28,6 @@ pub(crate) struct Slot<M> {
     pub(crate) level: u32,
     pub(crate) role: Role,
     mailbox: RwLock<Mailbox<M>>,
-    /// Messages waiting for the next incarnation. Only touched while holding the
-    /// mailbox write lock, so it is ordered with attach, detach and close.
-    pending: Mutex<VecDeque<NodeMsg<M>>>,
     pub(crate) stats: NodeStats,
     /// Restart epoch: a supervisor bumps it to restart the agent at its next message.
     pub(crate) epoch: AtomicU64,
@@ -38,17 +35,58 @@ pub(crate) struct Slot<M> {
     pub(crate) capacity: AtomicU64,
     /// Senders waiting for room (`AgentRef::send_wait`).
     waiters: AtomicUsize,
-    room: Notify,
     /// Messages in the pending queue (counted toward the capacity).
     pending_len: AtomicU64,
+    /// What few slots need, allocated the first time one does (a slot is on every
+    /// agent: its size is a good part of an idle agent's memory).
+    extras: OnceLock<Box<Extras>>,
+}
+
+/// The rarely used parts of a slot.
+#[derive(Default)]
+struct Extras {
+    /// Senders waiting for room wait here.
+    room: Notify,
     /// For a router or pipeline: its requests in flight in detached tasks, which count
     /// toward its capacity although its mailbox has settled them.
-    pub(crate) in_flight: std::sync::OnceLock<Arc<AtomicU64>>,
+    in_flight: OnceLock<Arc<AtomicU64>>,
 }
 
 struct Mailbox<M> {
     actor: Option<ActorRef<NodeMsg<M>>>,
+    /// The close reason and the messages waiting for the next incarnation; `None`
+    /// while the slot is open with nothing pending, as it is nearly always.
+    idle: Option<Box<Idle<M>>>,
+}
+
+struct Idle<M> {
     closed: Option<Arc<str>>,
+    /// Messages waiting for the next incarnation, in order. Only touched under the
+    /// mailbox's write lock, so ordered with attach, detach and close; the mutex (never
+    /// contended) is what lets a message that is `Send` but not `Sync` sit in the
+    /// read-write lock.
+    pending: Mutex<VecDeque<NodeMsg<M>>>,
+}
+
+impl<M> Idle<M> {
+    fn pending(&mut self) -> &mut VecDeque<NodeMsg<M>> {
+        self.pending.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<M> Mailbox<M> {
+    fn closed(&self) -> Option<&Arc<str>> {
+        self.idle.as_ref().and_then(|i| i.closed.as_ref())
+    }
+
+    fn idle(&mut self) -> &mut Idle<M> {
+        self.idle.get_or_insert_with(|| {
+            Box::new(Idle {
+                closed: None,
+                pending: Mutex::new(VecDeque::new()),
+            })
+        })
+    }
 }
 
 impl<M> fmt::Debug for Slot<M> {
@@ -69,23 +107,42 @@ impl<M: Send + 'static> Slot<M> {
             role,
             mailbox: RwLock::new(Mailbox {
                 actor: None,
-                closed: None,
+                idle: None,
             }),
-            pending: Mutex::new(VecDeque::new()),
             stats: NodeStats::default(),
             epoch: AtomicU64::new(0),
             capacity: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
-            room: Notify::new(),
             pending_len: AtomicU64::new(0),
-            in_flight: std::sync::OnceLock::new(),
+            extras: OnceLock::new(),
         }
     }
 
+    fn extras(&self) -> &Extras {
+        self.extras.get_or_init(Box::default)
+    }
+
+    /// Count a router's or pipeline's requests in flight in detached tasks toward its
+    /// capacity (set once, when it is built).
+    pub(crate) fn count_in_flight(&self, active: Arc<AtomicU64>) {
+        let _ = self.extras().in_flight.set(active);
+    }
+
+    /// Where senders waiting for room wait.
+    fn room(&self) -> &Notify {
+        &self.extras().room
+    }
+
     /// Wake every sender waiting for room, to re-check (room freed, slot closed,
-    /// hierarchy stopping).
+    /// hierarchy stopping). Nobody waits if the extras were never made.
     pub(crate) fn wake_waiters(&self) {
-        self.room.notify_waiters();
+        // the caller changed what a waiter checks (settled, detached, the phase) and a
+        // waiter makes the extras, then checks: a SeqCst fence on each side means that
+        // either the waiter sees the change or this sees its extras (a cold path)
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let Some(e) = self.extras.get() {
+            e.room.notify_waiters();
+        }
     }
 
     /// The node is done with one task: count it, and wake a sender waiting for room.
@@ -96,7 +153,8 @@ impl<M: Send + 'static> Slot<M> {
         // sees the other (the sender re-checks the room, or the settle wakes it)
         self.stats.own.settled.fetch_add(1, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {
-            self.room.notify_waiters();
+            // a waiter made the extras before it registered (`wait_for_room`)
+            self.wake_waiters();
         }
     }
 
@@ -111,8 +169,9 @@ impl<M: Send + 'static> Slot<M> {
             0 => None,
             cap => {
                 let extra = self
-                    .in_flight
+                    .extras
                     .get()
+                    .and_then(|e| e.in_flight.get())
                     .map_or(0, |a| a.load(Ordering::Acquire));
                 let load =
                     self.stats.unsettled() + self.pending_len.load(Ordering::Acquire) + extra;
@@ -131,18 +190,13 @@ impl<M: Send + 'static> Slot<M> {
         self.mailbox.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Call only while holding the write lock.
-    fn pending(&self) -> MutexGuard<'_, VecDeque<NodeMsg<M>>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Put a message in this slot's mailbox, or in its pending queue between
     /// incarnations. Gives the message back with the reason if the slot is closed.
     pub(crate) fn deliver(&self, msg: NodeMsg<M>) -> Result<(), (NodeMsg<M>, Arc<str>)> {
         let counted = msg.tasks();
         let msg = {
             let mb = self.read();
-            if let Some(reason) = &mb.closed {
+            if let Some(reason) = mb.closed() {
                 return Err((msg, reason.clone()));
             }
             match &mb.actor {
@@ -154,8 +208,8 @@ impl<M: Send + 'static> Slot<M> {
             }
         };
         // slow path: the incarnation is dead or not yet attached
-        let mb = self.write();
-        if let Some(reason) = &mb.closed {
+        let mut mb = self.write();
+        if let Some(reason) = mb.closed() {
             return Err((msg, reason.clone()));
         }
         let msg = match &mb.actor {
@@ -165,7 +219,7 @@ impl<M: Send + 'static> Slot<M> {
             },
             None => msg,
         };
-        self.pending().push_back(msg);
+        mb.idle().pending().push_back(msg);
         self.pending_len.fetch_add(counted.max(1), Ordering::AcqRel);
         Ok(())
     }
@@ -197,7 +251,7 @@ impl<M: Send + 'static> Slot<M> {
                         debug_assert!(false, "ractor refused a send without returning it");
                         if counted > 0 {
                             crate::accounting::add(&self.stats.own.failed, counted);
-                            crate::accounting::add(&self.stats.own.lost_in_mailbox, counted);
+                            crate::accounting::add(&self.stats.own.rare().lost_in_mailbox, counted);
                         }
                         tracing::error!(node = %self.path, "ractor refused a message without returning it; counted as lost");
                         Ok(())
@@ -211,19 +265,24 @@ impl<M: Send + 'static> Slot<M> {
     /// (false) if the slot was closed meanwhile; the caller must stop that actor.
     pub(crate) fn attach(&self, actor: ActorRef<NodeMsg<M>>) -> bool {
         let mut mb = self.write();
-        if mb.closed.is_some() {
+        if mb.closed().is_some() {
             return false;
         }
-        let mut pending = self.pending();
-        while let Some(m) = pending.pop_front() {
-            let counted = m.tasks();
-            if let Err(m) = self.try_send(&actor, m, counted) {
-                pending.push_front(m);
-                break;
+        if let Some(idle) = mb.idle.as_mut() {
+            let pending = idle.pending();
+            while let Some(m) = pending.pop_front() {
+                let counted = m.tasks();
+                if let Err(m) = self.try_send(&actor, m, counted) {
+                    pending.push_front(m);
+                    break;
+                }
+                self.pending_len.fetch_sub(counted.max(1), Ordering::AcqRel);
             }
-            self.pending_len.fetch_sub(counted.max(1), Ordering::AcqRel);
+            if pending.is_empty() {
+                // open and nothing pending: give the memory back
+                mb.idle = None;
+            }
         }
-        drop(pending);
         mb.actor = Some(actor);
         true
     }
@@ -246,10 +305,11 @@ impl<M: Send + 'static> Slot<M> {
     /// messages, which the caller must resolve.
     pub(crate) fn close(&self, reason: Arc<str>) -> Vec<NodeMsg<M>> {
         let mut mb = self.write();
-        if mb.closed.is_none() {
-            mb.closed = Some(reason);
+        let idle = mb.idle();
+        if idle.closed.is_none() {
+            idle.closed = Some(reason);
         }
-        let drained: Vec<NodeMsg<M>> = self.pending().drain(..).collect();
+        let drained: Vec<NodeMsg<M>> = idle.pending().drain(..).collect();
         self.pending_len.store(0, Ordering::Release);
         drop(mb);
         self.wake_waiters();
@@ -261,7 +321,7 @@ impl<M: Send + 'static> Slot<M> {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.read().closed.is_some()
+        self.read().closed().is_some()
     }
 }
 
@@ -380,7 +440,7 @@ impl<M: crate::Message> AgentRef<M> {
             return Ok(BatchIds::empty(self.slot.uid));
         }
         if let Some(capacity) = self.slot.full(msgs.len() as u64) {
-            crate::accounting::add(&self.slot.stats.own.rejected, msgs.len() as u64);
+            crate::accounting::add(&self.slot.stats.own.rare().rejected, msgs.len() as u64);
             return Err(SendError::Full {
                 msg: msgs,
                 path: self.slot.path.clone(),
@@ -453,7 +513,7 @@ impl<M: crate::Message> AgentRef<M> {
     /// hierarchy stops).
     async fn wait_for_room(&self, n: u64) {
         while self.slot.full(n).is_some() && self.shared.accepting() && !self.slot.is_closed() {
-            let notified = self.slot.room.notified();
+            let notified = self.slot.room().notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
             self.slot.waiters.fetch_add(1, Ordering::SeqCst);
@@ -478,7 +538,7 @@ impl<M: crate::Message> AgentRef<M> {
     }
 
     fn refuse_full(&self, msg: M, capacity: u64) -> SendError<M> {
-        bump(&self.slot.stats.own.rejected);
+        bump(&self.slot.stats.own.rare().rejected);
         SendError::Full {
             msg,
             path: self.slot.path.clone(),

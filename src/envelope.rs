@@ -60,6 +60,12 @@ impl Path {
     }
 }
 
+impl std::borrow::Borrow<str> for Path {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl From<&str> for Path {
     fn from(s: &str) -> Self {
         Path::new(s)

@@ -182,14 +182,15 @@ impl<M: crate::Message, L: Lead<M>> SpawnAgent<M> for LeadSpawner<L> {
         &self,
         args: AgentArgs<M>,
         supervisor: ractor::ActorCell,
-    ) -> BoxFuture<'_, Result<ActorRef<NodeMsg<M>>, String>> {
+    ) -> BoxFuture<'static, Result<ActorRef<NodeMsg<M>>, String>> {
         let actor = LeadActor {
             lead: self.lead.clone(),
             _m: std::marker::PhantomData,
         };
         Box::pin(async move {
+            let slot = args.slot.clone();
             match Actor::spawn_linked(None, actor, args, supervisor).await {
-                Ok((r, _)) => Ok(r),
+                Ok((r, _)) => crate::supervisor::spec::attach_spawned(&slot, r),
                 Err(e) => Err(e.to_string()),
             }
         })
@@ -264,7 +265,7 @@ impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
             NodeMsg::Respawn { .. } => {}
             NodeMsg::Reset => {
                 st.state = self.lead.init(&st.node);
-                bump(&st.node.slot.stats.own.restarts);
+                bump(&st.node.slot.stats.own.rare().restarts);
             }
             NodeMsg::Stop { reason } => {
                 if st.stopping.is_none() {

@@ -298,6 +298,9 @@ async fn auto_split_of_1000_reports_under_span_8_is_balanced_and_minimal() {
         tier[999].path()
     );
     assert!(h.agent("monitor/1000").is_err());
+    // an index is spelled as paths spell it
+    assert!(h.agent("monitor/01").is_err());
+    assert!(h.agent("monitor/+1").is_err());
     // team leads are supervisors, not agents: they take no tasks by address
     assert!(h.agent("h/lead/0/split/0").is_err());
 

@@ -383,7 +383,7 @@ impl<A: Agent> AgentState<A> {
             };
             head.attempt += 1;
             if head.attempt > 1 {
-                bump(&self.slot().stats.own.redelivered);
+                bump(&self.slot().stats.own.rare().redelivered);
             }
             let msg = if head.attempt < max {
                 // user code: a panicking Clone fails the task rather than the actor
@@ -503,7 +503,7 @@ impl<A: Agent> AgentState<A> {
             }
             Verdict::Escalate(mut esc) => {
                 esc.severity = super::sanitize_severity(esc.severity);
-                bump(&slot.stats.own.escalated_up);
+                bump(&slot.stats.own.rare().escalated_up);
                 let origin = head
                     .escalation()
                     .map_or_else(|| slot.path.clone(), |e| e.origin.clone());
@@ -643,7 +643,7 @@ impl<A: Agent> AgentState<A> {
         self.end_incarnation(StopReason::Restart).await;
         self.ctx.reincarnate();
         self.epoch = self.slot().epoch.load(Ordering::Acquire);
-        bump(&self.slot().stats.own.restarts);
+        bump(&self.slot().stats.own.rare().restarts);
         tracing::debug!(agent = %self.ctx.path(), incarnation = self.ctx.incarnation(), "agent restarted");
         let r = self.incarnate().await;
         if r.is_err() {

@@ -52,11 +52,7 @@ impl<M: crate::Message> Ctx<M> {
     ) -> Self {
         // a respawned actor continues the count (restarts in place and respawns both
         // bump the slot's restart counter)
-        let incarnation = slot
-            .stats
-            .own
-            .restarts
-            .load(std::sync::atomic::Ordering::Acquire);
+        let incarnation = slot.stats.own.restarts();
         Ctx {
             slot,
             shared,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ractor::Actor;
 
-use super::shared::{Directory, Shared};
+use super::shared::{addressable, Directory, Shared};
 use super::{BuildError, Hierarchy};
 use crate::address::Slot;
 use crate::agent::Agent;
@@ -263,7 +263,7 @@ impl<M: crate::Message> HierarchyBuilder<M> {
             b: &self,
             uid: 0,
             dir: Directory {
-                by_path: HashMap::new(),
+                by_path: Vec::new(),
                 by_tier: HashMap::new(),
                 all: Vec::new(),
                 routers: HashMap::new(),
@@ -280,18 +280,19 @@ impl<M: crate::Message> HierarchyBuilder<M> {
             .collect();
         let children = plan.reports(&members, &root_slot, &root_slot.path.clone(), 1)?;
         let root = Arc::new(NodeSpec {
-            kind: NodeKind::Team(TeamSpec {
+            kind: NodeKind::Team(Box::new(TeamSpec {
                 slot: root_slot.clone(),
                 policy: plan.policy(&tiers[0]),
                 lead: None,
                 children,
                 escalate_to: None,
-            }),
+            })),
             restart: RestartPolicy::Permanent,
         });
         for slots in plan.dir.by_tier.values_mut() {
             slots.sort_by_key(|s| s.uid);
         }
+        plan.dir.index_paths();
         let dir = plan.dir;
         let shared = Arc::new(Shared::new(
             Arc::from(self.name.as_str()),
@@ -494,13 +495,13 @@ impl<M: crate::Message> Plan<'_, M> {
                         None => self.policy(&self.b.tiers[0]),
                     };
                     out.push(Arc::new(NodeSpec {
-                        kind: NodeKind::Team(TeamSpec {
+                        kind: NodeKind::Team(Box::new(TeamSpec {
                             slot,
                             policy,
                             lead: None,
                             children,
                             escalate_to: Some(sup.clone()),
-                        }),
+                        })),
                         restart: RestartPolicy::Permanent,
                     }));
                 }
@@ -512,32 +513,29 @@ impl<M: crate::Message> Plan<'_, M> {
     /// Register an addressable node (agent or router) in the directory. The short form
     /// `tier/index` goes to the first node that claims it (a second router's workers
     /// of the same name are reachable by full path only).
-    fn addressable(
-        &mut self,
-        path: &Path,
-        tier: &str,
-        index: usize,
-        level: u32,
-        role: Role,
-    ) -> Arc<Slot<M>> {
+    fn addressable(&mut self, path: &Path, tier: &str, level: u32, role: Role) -> Arc<Slot<M>> {
         let slot = self.slot(path.clone(), level, role);
-        self.dir
-            .by_path
-            .insert(path.as_str().to_string(), slot.clone());
-        self.dir
-            .by_path
-            .entry(format!("{tier}/{index}"))
-            .or_insert_with(|| slot.clone());
-        // no String for the key unless the tier is new (this runs once per agent)
+        // no string for the key unless the tier is new (this runs once per agent)
         match self.dir.by_tier.get_mut(tier) {
             Some(slots) => slots.push(slot.clone()),
             None => {
-                self.dir
-                    .by_tier
-                    .insert(tier.to_string(), vec![slot.clone()]);
+                self.dir.by_tier.insert(Arc::from(tier), vec![slot.clone()]);
             }
         }
         slot
+    }
+
+    /// The tier's name, shared by all its agents' specs (one string per tier, not one
+    /// per agent).
+    fn tier_name(&mut self, tier: &str) -> Arc<str> {
+        match self.dir.by_tier.get_key_value(tier) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(tier);
+                self.dir.by_tier.insert(k.clone(), Vec::new());
+                k
+            }
+        }
     }
 
     /// Place one member reporting to `sup`: a leaf agent, an agent leading a team of
@@ -553,7 +551,7 @@ impl<M: crate::Message> Plan<'_, M> {
         let j = m.index;
         let path = prefix.child(&tier.name, j);
         let capacity = tier.mailbox.or(self.b.mailbox).unwrap_or(0);
-        let tier_name: Arc<str> = Arc::from(tier.name.as_str());
+        let tier_name = self.tier_name(&tier.name);
         let lead = |slot: Arc<Slot<M>>, spawner: Arc<dyn SpawnAgent<M>>| {
             Arc::new(NodeSpec {
                 kind: NodeKind::Agent(AgentSpec {
@@ -568,7 +566,7 @@ impl<M: crate::Message> Plan<'_, M> {
         };
         match &tier.kind {
             TierKind::Agents(spawner) => {
-                let agent_slot = self.addressable(&path, &tier.name, j, level, Role::Agent);
+                let agent_slot = self.addressable(&path, &tier.name, level, Role::Agent);
                 agent_slot
                     .capacity
                     .store(capacity, std::sync::atomic::Ordering::Relaxed);
@@ -591,7 +589,7 @@ impl<M: crate::Message> Plan<'_, M> {
                 Ok(self.team(agent, team_slot, reports, below, sup, tier.restart))
             }
             TierKind::Router(cfg) => {
-                let router_slot = self.addressable(&path, &tier.name, j, level, Role::Router);
+                let router_slot = self.addressable(&path, &tier.name, level, Role::Router);
                 router_slot
                     .capacity
                     .store(capacity, std::sync::atomic::Ordering::Relaxed);
@@ -609,16 +607,15 @@ impl<M: crate::Message> Plan<'_, M> {
                 let team_slot = self.slot(path.clone(), level, Role::Supervisor);
                 let reports = self.reports(&members, &team_slot, &path, level + 1)?;
                 let mut workers = Vec::with_capacity(members.len());
+                let mut from = team_slot.uid as usize;
                 for w in &members {
                     let wpath = path.child(&w.tier.name, w.index);
-                    let slot = self
-                        .dir
-                        .by_path
-                        .get(wpath.as_str())
-                        .cloned()
-                        .ok_or_else(|| BuildError::Spawn {
-                            reason: format!("internal: router worker {wpath} was not placed"),
-                        })?;
+                    let (slot, next) =
+                        self.placed(from, wpath.as_str())
+                            .ok_or_else(|| BuildError::Spawn {
+                                reason: format!("internal: router worker {wpath} was not placed"),
+                            })?;
+                    from = next;
                     workers.push(Worker {
                         slot,
                         health: Default::default(),
@@ -631,7 +628,7 @@ impl<M: crate::Message> Plan<'_, M> {
                     runs: Default::default(),
                 });
                 self.dir.routers.insert(router_slot.uid, inner.clone());
-                let _ = router_slot.in_flight.set(inner.runs.active());
+                router_slot.count_in_flight(inner.runs.active());
                 let waker = Arc::downgrade(&router_slot);
                 inner.runs.on_done(move || {
                     if let Some(s) = waker.upgrade() {
@@ -643,7 +640,7 @@ impl<M: crate::Message> Plan<'_, M> {
                 Ok(self.team(router, team_slot, reports, first, sup, tier.restart))
             }
             TierKind::Pipeline(cfg) => {
-                let pipe_slot = self.addressable(&path, &tier.name, j, level, Role::Pipeline);
+                let pipe_slot = self.addressable(&path, &tier.name, level, Role::Pipeline);
                 pipe_slot
                     .capacity
                     .store(capacity, std::sync::atomic::Ordering::Relaxed);
@@ -663,7 +660,7 @@ impl<M: crate::Message> Plan<'_, M> {
                 let reports = self.reports(&members, &team_slot, &path, level + 1)?;
                 let mut stages = Vec::with_capacity(cfg.stages.len());
                 for s in &cfg.stages {
-                    stages.push(self.stage_runtime(s, &path)?);
+                    stages.push(self.stage_runtime(s, &path, &team_slot)?);
                 }
                 let inner = Arc::new(PipelineShared {
                     cfg: cfg.clone(),
@@ -672,7 +669,7 @@ impl<M: crate::Message> Plan<'_, M> {
                     chained: cfg.chainable(),
                     home: std::sync::OnceLock::new(),
                 });
-                let _ = pipe_slot.in_flight.set(inner.runs.active());
+                pipe_slot.count_in_flight(inner.runs.active());
                 let waker = Arc::downgrade(&pipe_slot);
                 inner.runs.on_done(move || {
                     if let Some(s) = waker.upgrade() {
@@ -687,25 +684,42 @@ impl<M: crate::Message> Plan<'_, M> {
     }
 
     /// The runtime view of a stage: its entry slot (placed by `member`) or function.
-    fn stage_runtime(&self, s: &Stage<M>, path: &Path) -> Result<StageRuntime<M>, BuildError> {
-        let entry =
-            match &s.kind {
-                StageKind::Function(f) => Entry::Function(f.clone()),
-                StageKind::Node(tiers) => {
-                    let first = tiers.first().ok_or_else(|| BuildError::EmptyTier {
-                        tier: s.name.clone(),
-                    })?;
-                    let p = path.child(&first.name, 0);
-                    let slot = self.dir.by_path.get(p.as_str()).cloned().ok_or_else(|| {
-                        BuildError::Spawn {
-                            reason: format!("internal: stage node {p} was not placed"),
-                        }
-                    })?;
-                    Entry::Node(slot)
-                }
-            };
+    /// The addressable slot placed at `path` at or after position `from` of `all` (a
+    /// slot's uid is its position), and the position after it. Members are placed in
+    /// order after their team's slot, so a caller looking up several of them starts
+    /// each search where the last one ended: linear in the team, not quadratic.
+    fn placed(&self, from: usize, path: &str) -> Option<(Arc<Slot<M>>, usize)> {
+        let rest = self.dir.all.get(from..)?;
+        let k = rest
+            .iter()
+            .position(|s| s.path.as_str() == path && addressable(s.role))?;
+        rest.get(k).map(|s| (s.clone(), from + k + 1))
+    }
+
+    fn stage_runtime(
+        &self,
+        s: &Stage<M>,
+        path: &Path,
+        team: &Slot<M>,
+    ) -> Result<StageRuntime<M>, BuildError> {
+        let entry = match &s.kind {
+            StageKind::Function(f) => Entry::Function(f.clone()),
+            StageKind::Node(tiers) => {
+                let first = tiers.first().ok_or_else(|| BuildError::EmptyTier {
+                    tier: s.name.clone(),
+                })?;
+                let p = path.child(&first.name, 0);
+                // from the team's slot: a pipeline has a few stages
+                let (slot, _) = self.placed(team.uid as usize, p.as_str()).ok_or_else(|| {
+                    BuildError::Spawn {
+                        reason: format!("internal: stage node {p} was not placed"),
+                    }
+                })?;
+                Entry::Node(slot)
+            }
+        };
         let fallback = match &s.fallback {
-            Some(f) => Some(Box::new(self.stage_runtime(f, path)?)),
+            Some(f) => Some(Box::new(self.stage_runtime(f, path, team)?)),
             None => None,
         };
         Ok(StageRuntime {
@@ -732,13 +746,13 @@ impl<M: crate::Message> Plan<'_, M> {
         children.push(lead);
         children.extend(reports);
         Arc::new(NodeSpec {
-            kind: NodeKind::Team(TeamSpec {
+            kind: NodeKind::Team(Box::new(TeamSpec {
                 slot,
                 policy: self.policy(reports_tier),
                 lead: Some(0),
                 children,
                 escalate_to: Some(sup.clone()),
-            }),
+            })),
             restart,
         })
     }

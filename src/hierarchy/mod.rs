@@ -458,7 +458,7 @@ impl<M: crate::Message> Hierarchy<M> {
                 let lost = slot.detach();
                 if lost > 0 {
                     add(&slot.stats.own.failed, lost);
-                    add(&slot.stats.own.lost_in_mailbox, lost);
+                    add(&slot.stats.own.rare().lost_in_mailbox, lost);
                 }
             }
         }

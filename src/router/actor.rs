@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::arrivals::{Arrival, Arrivals};
+use super::arrivals::{Arrival, Arrivals, CloseOnDrop};
 use super::breaker::Health;
 use super::gather::{decide, BranchReport, BranchStatus, GatherError, Gathered, Partial};
 use super::strategy::{pick, PickError};
@@ -68,7 +68,7 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
         let started = Instant::now();
         if let Some(limit) = cfg.admission {
             if this.requests.load(Ordering::Acquire) >= limit {
-                bump(&node.slot.stats.own.rejected);
+                bump(&node.slot.stats.own.rare().rejected);
                 let err = GatherError::AtCapacity { limit };
                 finish_without_branches(&node.shared, &node.slot, head, err, started);
                 return;
@@ -91,7 +91,7 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
         let chosen = match picked {
             Ok(c) => c,
             Err(e) => {
-                bump(&node.slot.stats.own.rejected);
+                bump(&node.slot.stats.own.rare().rejected);
                 let why = match e {
                     PickError::NoneEligible => {
                         "every worker is unavailable (breaker open or at its in-flight cap)".to_string()
@@ -290,6 +290,8 @@ impl<M: crate::Message> GatherJob<M> {
         // when the answers in `got` were taken (one clock read for all of them)
         let mut taken = Duration::ZERO;
         let arrivals = self.arrivals.clone();
+        // answers after the gather is over are dropped, not kept in the inbox
+        let _close = CloseOnDrop(self.arrivals.clone());
         while fail_fast.is_none()
             && done.iter().any(|d| !d)
             && !(broadcast && cfg.gather.decided_early(answers))
@@ -400,11 +402,14 @@ impl<M: crate::Message> GatherJob<M> {
                 }
             }
         }
-        let stats = &self.slot.stats.own;
-        if timed_out {
-            crate::accounting::add(&stats.timed_out, u64::from(late));
-        } else {
-            crate::accounting::add(&stats.discarded, u64::from(late));
+        if late > 0 {
+            let stats = self.slot.stats.own.rare();
+            let counter = if timed_out {
+                &stats.timed_out
+            } else {
+                &stats.discarded
+            };
+            crate::accounting::add(counter, u64::from(late));
         }
         let result: Result<Option<M>, GatherError> = if let Some(e) = fail_fast {
             Err(e)

@@ -25,6 +25,9 @@ pub(crate) struct Arrivals<M> {
 struct Inbox<M> {
     got: Vec<Arrival<M>>,
     waker: Option<Waker>,
+    /// The gather is over: later answers are dropped on arrival, as a oneshot's send
+    /// to a dropped receiver would, rather than kept until the last port goes.
+    closed: bool,
 }
 
 impl<M> Arrivals<M> {
@@ -34,6 +37,7 @@ impl<M> Arrivals<M> {
             inner: Mutex::new(Inbox {
                 got: Vec::with_capacity(branches),
                 waker: None,
+                closed: false,
             }),
         })
     }
@@ -54,6 +58,12 @@ impl<M> Arrivals<M> {
     fn push(&self, a: Arrival<M>) {
         let waker = {
             let mut inbox = self.lock();
+            if inbox.closed {
+                // dropped outside the lock: an outcome holds user values
+                drop(inbox);
+                drop(a);
+                return;
+            }
             inbox.got.push(a);
             inbox.waker.take()
         };
@@ -75,6 +85,20 @@ impl<M> Arrivals<M> {
         }
         into.append(&mut inbox.got);
         Poll::Ready(())
+    }
+}
+
+/// Closes an inbox when dropped: the gather is over, however it ended.
+pub(crate) struct CloseOnDrop<M>(pub(crate) Arc<Arrivals<M>>);
+
+impl<M> Drop for CloseOnDrop<M> {
+    fn drop(&mut self) {
+        let (got, waker) = {
+            let mut inbox = self.0.lock();
+            inbox.closed = true;
+            (std::mem::take(&mut inbox.got), inbox.waker.take())
+        };
+        drop((got, waker));
     }
 }
 
@@ -141,5 +165,27 @@ mod tests {
             [(1, Some(Outcome::Completed { reply: Some(1), .. }))]
         ));
         late.await.expect("join");
+    }
+
+    /// Once the gather is over, a late answer is dropped when it arrives (its values
+    /// freed at once), not kept until the last port goes.
+    #[test]
+    fn a_closed_inbox_drops_late_answers() {
+        let a = Arrivals::<std::sync::Arc<u32>>::new(2);
+        let (p0, p1) = (a.port(0), a.port(1));
+        drop(CloseOnDrop(a.clone()));
+        let payload = std::sync::Arc::new(7);
+        p0.send(Outcome::Completed {
+            reply: Some(payload.clone()),
+            by: crate::envelope::Path::new("t"),
+            trail: Vec::new(),
+        });
+        assert_eq!(
+            std::sync::Arc::strong_count(&payload),
+            1,
+            "the late reply was kept"
+        );
+        drop(p1);
+        assert!(a.lock().got.is_empty());
     }
 }

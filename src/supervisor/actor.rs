@@ -242,7 +242,7 @@ async fn account_dead_subtree<M: crate::Message>(spec: &NodeSpec<M>) {
         let lost = slot.detach();
         if lost > 0 {
             add(&slot.stats.own.failed, lost);
-            add(&slot.stats.own.lost_in_mailbox, lost);
+            add(&slot.stats.own.rare().lost_in_mailbox, lost);
             tracing::warn!(node = %slot.path, lost, "tasks lost with a dead actor's mailbox");
         }
     });
@@ -302,7 +302,7 @@ impl<M: crate::Message> SupervisorState<M> {
             None => (1.0, None),
         };
         if severity < threshold.severity {
-            bump(&slot.stats.own.absorbed);
+            bump(&slot.stats.own.rare().absorbed);
             head.record(shared.entry(
                 slot,
                 Decision::Absorbed {
@@ -314,13 +314,13 @@ impl<M: crate::Message> SupervisorState<M> {
         }
         if let (Some(window), Some(key)) = (suppress, key) {
             if !self.suppressor.admit(key, window, Instant::now()) {
-                bump(&slot.stats.own.suppressed);
+                bump(&slot.stats.own.rare().suppressed);
                 head.record(shared.entry(slot, Decision::Suppressed { window }));
                 shared.complete(slot, head, None);
                 return;
             }
         }
-        bump(&slot.stats.own.escalated_up);
+        bump(&slot.stats.own.rare().escalated_up);
         head.record(shared.entry(
             slot,
             Decision::Accepted {
@@ -393,7 +393,7 @@ impl<M: crate::Message> SupervisorState<M> {
     ) -> Directive {
         let now = Instant::now();
         if !self.window.admit(now) {
-            bump(&self.slot.stats.own.failure_escalations);
+            bump(&self.slot.stats.own.rare().failure_escalations);
             let intensity = self.window.intensity();
             let reason = format!(
                 "{} exceeded its restart intensity ({} restarts in {:?}); last failure: {}: {why}",
@@ -549,7 +549,7 @@ impl<M: crate::Message> SupervisorState<M> {
         .await
         {
             Ok(actor) => {
-                spec.for_each_slot(&mut |s| bump(&s.stats.own.restarts));
+                spec.for_each_slot(&mut |s| bump(&s.stats.own.rare().restarts));
                 self.children[i].actor = Some(actor.get_id());
                 self.children[i].state = ChildState::Running;
             }

@@ -18,11 +18,28 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Spawns agent actors of one concrete agent type behind a type-erased interface.
 pub(crate) trait SpawnAgent<M>: Send + Sync {
+    /// Spawn the actor linked to `supervisor` and attach it to `args.slot` (see
+    /// [`attach_spawned`]). The whole spawn is this one boxed future: a box around it
+    /// would be one more temporary of several hundred bytes per agent spawned.
     fn spawn(
         &self,
         args: AgentArgs<M>,
         supervisor: ActorCell,
-    ) -> BoxFuture<'_, Result<ActorRef<NodeMsg<M>>, String>>;
+    ) -> BoxFuture<'static, Result<ActorRef<NodeMsg<M>>, String>>;
+}
+
+/// Attach a freshly spawned actor to its slot; if the slot was closed meanwhile, the
+/// actor is killed and the spawn fails.
+pub(crate) fn attach_spawned<M: Send + 'static>(
+    slot: &Slot<M>,
+    actor: ActorRef<NodeMsg<M>>,
+) -> Result<ActorRef<NodeMsg<M>>, String> {
+    if slot.attach(actor.clone()) {
+        Ok(actor)
+    } else {
+        actor.kill();
+        Err(format!("{} was closed while it started", slot.path))
+    }
 }
 
 pub(crate) struct FactorySpawner<A: Agent> {
@@ -34,11 +51,12 @@ impl<A: Agent> SpawnAgent<A::Msg> for FactorySpawner<A> {
         &self,
         args: AgentArgs<A::Msg>,
         supervisor: ActorCell,
-    ) -> BoxFuture<'_, Result<ActorRef<NodeMsg<A::Msg>>, String>> {
+    ) -> BoxFuture<'static, Result<ActorRef<NodeMsg<A::Msg>>, String>> {
         let actor = AgentActor::new(self.factory.clone());
         Box::pin(async move {
+            let slot = args.slot.clone();
             match Actor::spawn_linked(None, actor, args, supervisor).await {
-                Ok((r, _join)) => Ok(r),
+                Ok((r, _join)) => attach_spawned(&slot, r),
                 Err(e) => Err(e.to_string()),
             }
         })
@@ -65,7 +83,9 @@ pub(crate) struct TeamSpec<M> {
 
 pub(crate) enum NodeKind<M> {
     Agent(AgentSpec<M>),
-    Team(TeamSpec<M>),
+    /// Boxed: an agent's spec (one per agent, kept for restarts) is then the size of
+    /// the agent variant, not of the far larger team.
+    Team(Box<TeamSpec<M>>),
 }
 
 pub(crate) struct NodeSpec<M> {
@@ -102,43 +122,31 @@ pub(crate) fn spawn_node<M: crate::Message>(
     child_index: usize,
     supervisor: ActorCell,
 ) -> BoxFuture<'static, Result<ActorRef<NodeMsg<M>>, String>> {
-    Box::pin(async move {
-        let actor = match &spec.kind {
-            NodeKind::Agent(a) => {
-                let args = AgentArgs {
-                    slot: a.slot.clone(),
-                    shared,
-                    parent,
-                    child_index,
-                    escalate_to: a.escalate_to.clone(),
-                    tier: a.tier.clone(),
-                    index: a.index,
-                };
-                a.spawner.spawn(args, supervisor).await?
-            }
-            NodeKind::Team(_) => {
-                let args = super::actor::SupervisorArgs {
-                    spec: spec.clone(),
-                    shared,
-                    parent: Some((parent, child_index)),
-                };
-                match Actor::spawn_linked(
-                    None,
-                    super::actor::SupervisorActor::new(),
-                    args,
-                    supervisor,
-                )
-                .await
-                {
-                    Ok((r, _)) => r,
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-        };
-        if !spec.slot().attach(actor.clone()) {
-            actor.kill();
-            return Err(format!("{} was closed while it started", spec.slot().path));
+    match &spec.kind {
+        NodeKind::Agent(a) => {
+            let args = AgentArgs {
+                slot: a.slot.clone(),
+                shared,
+                parent,
+                child_index,
+                escalate_to: a.escalate_to.clone(),
+                tier: a.tier.clone(),
+                index: a.index,
+            };
+            a.spawner.spawn(args, supervisor)
         }
-        Ok(actor)
-    })
+        NodeKind::Team(_) => Box::pin(async move {
+            let args = super::actor::SupervisorArgs {
+                spec: spec.clone(),
+                shared,
+                parent: Some((parent, child_index)),
+            };
+            match Actor::spawn_linked(None, super::actor::SupervisorActor::new(), args, supervisor)
+                .await
+            {
+                Ok((r, _)) => attach_spawned(spec.slot(), r),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
+    }
 }
