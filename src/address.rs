@@ -320,6 +320,11 @@ impl<M: Send + 'static> Slot<M> {
         self.read().actor.clone()
     }
 
+    /// The reason the slot was closed with, if it is closed.
+    pub(crate) fn close_reason(&self) -> Option<Arc<str>> {
+        self.read().closed().cloned()
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.read().closed().is_some()
     }

@@ -21,8 +21,9 @@ use crate::hierarchy::AddressError;
 pub struct Ctx<M> {
     pub(crate) slot: Arc<Slot<M>>,
     pub(crate) shared: Arc<Shared<M>>,
-    pub(crate) tier: Arc<str>,
-    pub(crate) index: usize,
+    /// The index in the tier (the tier's name is read from the path, which ends with
+    /// `tier/index`: one string less in every agent).
+    index: u32,
     pub(crate) incarnation: u64,
     /// Boxed: a `StdRng` is about 330 bytes, which every agent would otherwise carry
     /// in its actor's task whether it draws or not.
@@ -31,6 +32,9 @@ pub struct Ctx<M> {
     pub(crate) attempt: u32,
     pub(crate) meta: Option<Box<TaskMeta<M>>>,
     pub(crate) stop_requested: bool,
+    /// The agent's actor is stopping (its slot is closed): no more handler runs. Kept
+    /// here, where it costs no space, rather than in the actor's state.
+    pub(crate) stopping: bool,
 }
 
 impl<M> fmt::Debug for Ctx<M> {
@@ -44,26 +48,21 @@ impl<M> fmt::Debug for Ctx<M> {
 }
 
 impl<M: crate::Message> Ctx<M> {
-    pub(crate) fn new(
-        slot: Arc<Slot<M>>,
-        shared: Arc<Shared<M>>,
-        tier: Arc<str>,
-        index: usize,
-    ) -> Self {
+    pub(crate) fn new(slot: Arc<Slot<M>>, shared: Arc<Shared<M>>, index: usize) -> Self {
         // a respawned actor continues the count (restarts in place and respawns both
         // bump the slot's restart counter)
         let incarnation = slot.stats.own.restarts();
         Ctx {
             slot,
             shared,
-            tier,
-            index,
+            index: u32::try_from(index).unwrap_or(u32::MAX),
             incarnation,
             rng: None,
             task: TaskId(0),
             attempt: 0,
             meta: None,
             stop_requested: false,
+            stopping: false,
         }
     }
 
@@ -74,12 +73,14 @@ impl<M: crate::Message> Ctx<M> {
 
     /// The name of this agent's tier.
     pub fn tier(&self) -> &str {
-        &self.tier
+        // an agent's path is `.../tier/index`, and tier names have no '/'
+        let p = self.slot.path.as_str();
+        p.rsplit('/').nth(1).unwrap_or(p)
     }
 
     /// This agent's index within its tier (0-based, unique in the tier).
     pub fn index(&self) -> usize {
-        self.index
+        self.index as usize
     }
 
     /// Depth in the hierarchy: the root supervisor is 0.

@@ -16,9 +16,7 @@ use crate::pipeline::{PipelineConfig, Stage, StageKind};
 use crate::router::actor::{RouterShared, Worker};
 use crate::router::RouterConfig;
 use crate::supervisor::actor::{SupervisorActor, SupervisorArgs};
-use crate::supervisor::spec::{
-    AgentSpec, FactorySpawner, NodeKind, NodeSpec, SpawnAgent, TeamSpec,
-};
+use crate::supervisor::spec::{AgentSpec, FactorySpawner, NodeKind, NodeSpec, Spawner, TeamSpec};
 use crate::supervisor::{
     split, Backoff, Group, Intensity, RestartPolicy, SpanOfControl, SpanPolicy, Strategy,
     TeamPolicy, Threshold,
@@ -36,7 +34,7 @@ pub struct Tier<M> {
 }
 
 pub(crate) enum TierKind<M> {
-    Agents(Arc<dyn SpawnAgent<M>>),
+    Agents(Spawner<M>),
     Router(Arc<RouterConfig<M>>),
     Pipeline(Arc<PipelineConfig<M>>),
 }
@@ -61,9 +59,9 @@ impl<M: crate::Message> Tier<M> {
         Tier {
             name: name.into(),
             count,
-            kind: TierKind::Agents(Arc::new(FactorySpawner {
-                factory: Arc::new(factory),
-            })),
+            kind: TierKind::Agents(Arc::new(Box::new(FactorySpawner {
+                factory: Arc::new(Box::new(factory)),
+            }))),
             threshold: None,
             restart: RestartPolicy::Permanent,
             mailbox: None,
@@ -525,19 +523,6 @@ impl<M: crate::Message> Plan<'_, M> {
         slot
     }
 
-    /// The tier's name, shared by all its agents' specs (one string per tier, not one
-    /// per agent).
-    fn tier_name(&mut self, tier: &str) -> Arc<str> {
-        match self.dir.by_tier.get_key_value(tier) {
-            Some((k, _)) => k.clone(),
-            None => {
-                let k: Arc<str> = Arc::from(tier);
-                self.dir.by_tier.insert(k.clone(), Vec::new());
-                k
-            }
-        }
-    }
-
     /// Place one member reporting to `sup`: a leaf agent, an agent leading a team of
     /// the tier below, or a router leading its workers.
     fn member(
@@ -551,12 +536,10 @@ impl<M: crate::Message> Plan<'_, M> {
         let j = m.index;
         let path = prefix.child(&tier.name, j);
         let capacity = tier.mailbox.or(self.b.mailbox).unwrap_or(0);
-        let tier_name = self.tier_name(&tier.name);
-        let lead = |slot: Arc<Slot<M>>, spawner: Arc<dyn SpawnAgent<M>>| {
+        let lead = |slot: Arc<Slot<M>>, spawner: Spawner<M>| {
             Arc::new(NodeSpec {
                 kind: NodeKind::Agent(AgentSpec {
                     slot,
-                    tier: tier_name.clone(),
                     index: j,
                     escalate_to: sup.clone(),
                     spawner,
@@ -635,7 +618,7 @@ impl<M: crate::Message> Plan<'_, M> {
                         s.wake_waiters();
                     }
                 });
-                let router = lead(router_slot, Arc::new(LeadSpawner { lead: inner }));
+                let router = lead(router_slot, Arc::new(Box::new(LeadSpawner { lead: inner })));
                 let first = &cfg.workers[0];
                 Ok(self.team(router, team_slot, reports, first, sup, tier.restart))
             }
@@ -676,7 +659,7 @@ impl<M: crate::Message> Plan<'_, M> {
                         s.wake_waiters();
                     }
                 });
-                let pipe = lead(pipe_slot, Arc::new(LeadSpawner { lead: inner }));
+                let pipe = lead(pipe_slot, Arc::new(Box::new(LeadSpawner { lead: inner })));
                 let first = members.first().map_or(tier, |m| m.tier);
                 Ok(self.team(pipe, team_slot, reports, first, sup, tier.restart))
             }

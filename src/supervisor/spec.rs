@@ -42,6 +42,10 @@ pub(crate) fn attach_spawned<M: Send + 'static>(
     }
 }
 
+/// A tier's spawner, shared by its agents' specs. A thin pointer (to a box): every
+/// agent keeps a spec for restarts, and this makes the spec fit a 64-byte block.
+pub(crate) type Spawner<M> = Arc<Box<dyn SpawnAgent<M>>>;
+
 pub(crate) struct FactorySpawner<A: Agent> {
     pub(crate) factory: Factory<A>,
 }
@@ -52,10 +56,11 @@ impl<A: Agent> SpawnAgent<A::Msg> for FactorySpawner<A> {
         args: AgentArgs<A::Msg>,
         supervisor: ActorCell,
     ) -> BoxFuture<'static, Result<ActorRef<NodeMsg<A::Msg>>, String>> {
-        let actor = AgentActor::new(self.factory.clone());
+        let factory = self.factory.clone();
         Box::pin(async move {
             let slot = args.slot.clone();
-            match Actor::spawn_linked(None, actor, args, supervisor).await {
+            let actor = AgentActor::new();
+            match Actor::spawn_linked(None, actor, (args, factory), supervisor).await {
                 Ok((r, _join)) => attach_spawned(&slot, r),
                 Err(e) => Err(e.to_string()),
             }
@@ -65,10 +70,9 @@ impl<A: Agent> SpawnAgent<A::Msg> for FactorySpawner<A> {
 
 pub(crate) struct AgentSpec<M> {
     pub(crate) slot: Arc<Slot<M>>,
-    pub(crate) tier: Arc<str>,
     pub(crate) index: usize,
     pub(crate) escalate_to: Arc<Slot<M>>,
-    pub(crate) spawner: Arc<dyn SpawnAgent<M>>,
+    pub(crate) spawner: Spawner<M>,
 }
 
 pub(crate) struct TeamSpec<M> {
@@ -130,7 +134,6 @@ pub(crate) fn spawn_node<M: crate::Message>(
                 parent,
                 child_index,
                 escalate_to: a.escalate_to.clone(),
-                tier: a.tier.clone(),
                 index: a.index,
             };
             a.spawner.spawn(args, supervisor)
