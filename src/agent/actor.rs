@@ -18,7 +18,7 @@ use crate::node::{Directive, Exit, NodeMsg};
 use crate::panic::{catch, CatchUnwind};
 
 /// The first attempt of a task on the fast path, after [`AgentState::begin`] gave its
-/// payload (`Some`) and put its head in [`AgentState::current`]: the handler runs
+/// payload (`Some`) and put its head in [`AgentState::parked`]: the handler runs
 /// inline, a crash goes to the boxed [`AgentState::redeliver`], then the task is settled
 /// and a stop asked by the handler is carried out. Written once for the single task and
 /// the batch.
@@ -265,7 +265,7 @@ impl<A: Agent> AgentState<A> {
 
     /// The fast path's first attempt, before the handler: the context set to the task,
     /// and its head and a copy of the payload for a redelivery (only when one may
-    /// happen) kept in [`Self::current`]. Gives the payload, or `None` if the task
+    /// happen) kept in [`Self::parked`]. Gives the payload, or `None` if the task
     /// already has its outcome (its `Clone` panicked).
     #[inline]
     fn begin(&mut self, task: Task<A::Msg>) -> Option<A::Msg> {
