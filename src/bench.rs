@@ -1078,14 +1078,18 @@ pub async fn run(cfg: BenchConfig) -> Vec<Row> {
     let r = cfg.reps;
     let mut rows = w1_w2_w3_rows(cfg).await;
     if cfg.wants(4) {
-        rows.push(row(
-            "W4 broadcast to 8, gather all",
-            "req/s",
-            true,
-            reps_of(cfg, Way::Tokio, r, || w4_tokio(cfg.broadcasts)).await,
-            reps_of(cfg, Way::Ractor, r, || w4_ractor(cfg.broadcasts)).await,
-            reps_of(cfg, Way::Echelon, r, || w4_echelon(cfg.broadcasts)).await,
-        ));
+        rows.push(
+            three_ways(
+                cfg,
+                "W4 broadcast to 8, gather all",
+                "req/s",
+                true,
+                || w4_tokio(cfg.broadcasts),
+                || w4_ractor(cfg.broadcasts),
+                || w4_echelon(cfg.broadcasts),
+            )
+            .await,
+        );
     }
     if cfg.wants(5) {
         rows.extend(w5_rows(cfg).await);
@@ -1127,6 +1131,36 @@ where
     }
 }
 
+/// One row measured the three ways, each way `cfg.reps` times if it is selected.
+#[allow(clippy::too_many_arguments)]
+async fn three_ways<T, TF, R, RF, E, EF>(
+    cfg: &BenchConfig,
+    name: &str,
+    unit: &str,
+    higher_is_better: bool,
+    tokio: T,
+    ractor: R,
+    echelon: E,
+) -> Row
+where
+    T: FnMut() -> TF,
+    TF: std::future::Future<Output = f64>,
+    R: FnMut() -> RF,
+    RF: std::future::Future<Output = f64>,
+    E: FnMut() -> EF,
+    EF: std::future::Future<Output = f64>,
+{
+    let r = cfg.reps;
+    row(
+        name,
+        unit,
+        higher_is_better,
+        reps_of(cfg, Way::Tokio, r, tokio).await,
+        reps_of(cfg, Way::Ractor, r, ractor).await,
+        reps_of(cfg, Way::Echelon, r, echelon).await,
+    )
+}
+
 fn row(
     name: &str,
     unit: &str,
@@ -1149,34 +1183,46 @@ async fn w1_w2_w3_rows(cfg: &BenchConfig) -> Vec<Row> {
     let r = cfg.reps;
     let mut rows = Vec::new();
     if cfg.wants(1) {
-        rows.push(row(
-            "W1 one-way throughput",
-            "msgs/s",
-            true,
-            reps_of(cfg, Way::Tokio, r, || w1_tokio(cfg.one_way)).await,
-            reps_of(cfg, Way::Ractor, r, || w1_ractor(cfg.one_way)).await,
-            reps_of(cfg, Way::Echelon, r, || w1_echelon(cfg.one_way)).await,
-        ));
+        rows.push(
+            three_ways(
+                cfg,
+                "W1 one-way throughput",
+                "msgs/s",
+                true,
+                || w1_tokio(cfg.one_way),
+                || w1_ractor(cfg.one_way),
+                || w1_echelon(cfg.one_way),
+            )
+            .await,
+        );
     }
     if cfg.wants(W1_BATCHED) {
-        rows.push(row(
-            &format!("W1 same, batched ×{W1_BATCH} (all three)"),
-            "msgs/s",
-            true,
-            reps_of(cfg, Way::Tokio, r, || w1_tokio_batched(cfg.one_way)).await,
-            reps_of(cfg, Way::Ractor, r, || w1_ractor_batched(cfg.one_way)).await,
-            reps_of(cfg, Way::Echelon, r, || w1_echelon_batched(cfg.one_way)).await,
-        ));
+        rows.push(
+            three_ways(
+                cfg,
+                &format!("W1 same, batched ×{W1_BATCH} (all three)"),
+                "msgs/s",
+                true,
+                || w1_tokio_batched(cfg.one_way),
+                || w1_ractor_batched(cfg.one_way),
+                || w1_echelon_batched(cfg.one_way),
+            )
+            .await,
+        );
     }
     if cfg.wants(2) {
-        rows.push(row(
-            "W2 request/reply round trip",
-            "µs",
-            false,
-            reps_of(cfg, Way::Tokio, r, || w2_tokio(cfg.round_trips)).await,
-            reps_of(cfg, Way::Ractor, r, || w2_ractor(cfg.round_trips)).await,
-            reps_of(cfg, Way::Echelon, r, || w2_echelon(cfg.round_trips)).await,
-        ));
+        rows.push(
+            three_ways(
+                cfg,
+                "W2 request/reply round trip",
+                "µs",
+                false,
+                || w2_tokio(cfg.round_trips),
+                || w2_ractor(cfg.round_trips),
+                || w2_echelon(cfg.round_trips),
+            )
+            .await,
+        );
     }
     if cfg.wants(3) {
         let reps = r.clamp(1, 3);

@@ -289,9 +289,9 @@ impl<M: crate::Message> GatherJob<M> {
         let mut got: Vec<Arrival<M>> = Vec::with_capacity(n);
         // when the answers in `got` were taken (one clock read for all of them)
         let mut taken = Duration::ZERO;
-        let arrivals = self.arrivals.clone();
         // answers after the gather is over are dropped, not kept in the inbox
-        let _close = CloseOnDrop(self.arrivals.clone());
+        let close = CloseOnDrop(self.arrivals.clone());
+        let arrivals = &close.0;
         while fail_fast.is_none()
             && done.iter().any(|d| !d)
             && !(broadcast && cfg.gather.decided_early(answers))

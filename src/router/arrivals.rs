@@ -149,7 +149,12 @@ mod tests {
         p2.send(done(2));
         drop(p0);
         let mut got = Vec::new();
-        poll_fn(|cx| a.poll_take(cx, &mut got)).await;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            poll_fn(|cx| a.poll_take(cx, &mut got)),
+        )
+        .await
+        .expect("the answers already there are taken at once");
         let ks: Vec<(usize, bool)> = got.iter().map(|(k, o)| (*k, o.is_some())).collect();
         assert_eq!(ks, vec![(2, true), (0, false)]);
         let late = tokio::spawn(async move { p1.send(done(1)) });
@@ -164,7 +169,10 @@ mod tests {
             got.as_slice(),
             [(1, Some(Outcome::Completed { reply: Some(1), .. }))]
         ));
-        late.await.expect("join");
+        tokio::time::timeout(Duration::from_secs(5), late)
+            .await
+            .expect("the late sender ends")
+            .expect("join");
     }
 
     /// Once the gather is over, a late answer is dropped when it arrives (its values
