@@ -39,17 +39,29 @@ pub(crate) struct Slot<M> {
     pending_len: AtomicU64,
     /// What few slots need, allocated the first time one does (a slot is on every
     /// agent: its size is a good part of an idle agent's memory).
-    extras: OnceLock<Box<Extras>>,
+    extras: OnceLock<Box<Extras<M>>>,
 }
 
 /// The rarely used parts of a slot.
-#[derive(Default)]
-struct Extras {
+struct Extras<M> {
     /// Senders waiting for room wait here.
     room: Notify,
     /// For a router or pipeline: its requests in flight in detached tasks, which count
     /// toward its capacity although its mailbox has settled them.
     in_flight: OnceLock<Arc<AtomicU64>>,
+    /// For a router: new tasks are taken here, on the sender's thread, not through
+    /// the mailbox.
+    in_place: OnceLock<Box<dyn crate::lead::Intake<M>>>,
+}
+
+impl<M> Default for Extras<M> {
+    fn default() -> Self {
+        Extras {
+            room: Notify::new(),
+            in_flight: OnceLock::new(),
+            in_place: OnceLock::new(),
+        }
+    }
 }
 
 struct Mailbox<M> {
@@ -118,8 +130,47 @@ impl<M: Send + 'static> Slot<M> {
         }
     }
 
-    fn extras(&self) -> &Extras {
+    fn extras(&self) -> &Extras<M> {
         self.extras.get_or_init(Box::default)
+    }
+
+    /// From now on, new tasks for this slot are taken by `intake` on their senders'
+    /// threads (set once; later calls keep the first).
+    pub(crate) fn take_in_place(&self, intake: Box<dyn crate::lead::Intake<M>>) {
+        let _ = self.extras().in_place.set(intake);
+    }
+
+    /// Where new tasks are taken in place, if they are.
+    #[inline]
+    fn in_place(&self) -> Option<&dyn crate::lead::Intake<M>> {
+        self.extras.get()?.in_place.get().map(|b| &**b)
+    }
+
+    /// Take a new task in place, as [`Slot::deliver`] would deliver it: refused if the
+    /// slot is closed, and counted in and settled here as a mailbox message would be.
+    /// Gives the task back if this slot does not take tasks in place.
+    fn take_task(
+        self: &Arc<Self>,
+        shared: &Arc<Shared<M>>,
+        task: Task<M>,
+    ) -> Result<(), (NodeMsg<M>, Option<Arc<str>>)> {
+        let Some(intake) = self.in_place() else {
+            return Err((NodeMsg::Task(task), None));
+        };
+        if let Some(reason) = self.read().closed() {
+            return Err((NodeMsg::Task(task), Some(reason.clone())));
+        }
+        crate::accounting::add(&self.stats.tx.enqueued, 1);
+        match intake.take(self, shared, task) {
+            Ok(()) => {
+                self.settle();
+                Ok(())
+            }
+            Err(task) => {
+                self.stats.tx.enqueued.fetch_sub(1, Ordering::AcqRel);
+                Err((NodeMsg::Task(task), None))
+            }
+        }
     }
 
     /// Count a router's or pipeline's requests in flight in detached tasks toward its
@@ -650,7 +701,12 @@ impl<M: crate::Message> AgentRef<M> {
         let id = TaskId::at(self.slot.uid, seq);
         let mut task = Task::new(id, msg, reply);
         prepare(&mut task.head);
-        match self.slot.deliver(NodeMsg::Task(task)) {
+        let delivered = match self.slot.take_task(&self.shared, task) {
+            Ok(()) => Ok(()),
+            Err((back, Some(reason))) => Err((back, reason)),
+            Err((back, None)) => self.slot.deliver(back),
+        };
+        match delivered {
             Ok(()) => Ok(id),
             Err((back, reason)) => {
                 tx.withdrawn.fetch_add(1, Ordering::SeqCst);

@@ -39,6 +39,29 @@ struct RunsInner {
     abort: watch::Sender<bool>,
     /// Called when a request finishes: wakes senders waiting for room at the lead.
     on_done: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Requests resolved in place rather than by a task of their own (a router's
+    /// gathers): a hard stop ends them through here.
+    open: std::sync::Mutex<Registry>,
+}
+
+/// Something in flight that a hard stop must end.
+pub(crate) trait Abort: Send + Sync {
+    /// End it now, as aborted by the stop.
+    fn abort(&self);
+}
+
+/// The open requests of a lead, by index; freed indices are reused.
+#[derive(Default)]
+struct Registry {
+    open: Vec<Option<Arc<dyn Abort>>>,
+    free: Vec<usize>,
+}
+
+impl RunsInner {
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // only pushes and takes under the lock: a poisoned one is still consistent
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl std::fmt::Debug for RunsInner {
@@ -58,6 +81,7 @@ impl Default for Runs {
                 idle: Notify::new(),
                 abort: watch::channel(false).0,
                 on_done: std::sync::OnceLock::new(),
+                open: std::sync::Mutex::default(),
             }),
         }
     }
@@ -69,10 +93,22 @@ pub(crate) struct RunGuard {
     runs: Arc<RunsInner>,
     /// In one of the lead's own tasks (not a chained run carried by its stages).
     owned: bool,
+    /// Its place in the registry of requests resolved in place.
+    registered: Option<usize>,
 }
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
+        if let Some(i) = self.registered {
+            let gone = {
+                let mut r = self.runs.registry();
+                let gone = r.open.get_mut(i).and_then(Option::take);
+                r.free.push(i);
+                gone
+            };
+            // the request's own state may go with it: outside the lock
+            drop(gone);
+        }
         self.runs.active.fetch_sub(1, Ordering::AcqRel);
         if self.owned && self.runs.owned.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.runs.idle.notify_waiters();
@@ -91,7 +127,29 @@ impl Runs {
         RunGuard {
             runs: self.inner.clone(),
             owned: true,
+            registered: None,
         }
+    }
+
+    /// A request resolved in place, not by a task (a router's gather): as
+    /// [`Runs::start`], and a hard stop ends it with [`Abort::abort`].
+    pub(crate) fn start_open(&self, request: Arc<dyn Abort>) -> RunGuard {
+        let i = {
+            let mut r = self.inner.registry();
+            match r.free.pop() {
+                Some(i) => {
+                    r.open[i] = Some(request);
+                    i
+                }
+                None => {
+                    r.open.push(Some(request));
+                    r.open.len() - 1
+                }
+            }
+        };
+        let mut guard = self.start();
+        guard.registered = Some(i);
+        guard
     }
 
     /// A chained pipeline run, carried from stage to stage by its own task: it counts
@@ -102,6 +160,7 @@ impl Runs {
         RunGuard {
             runs: self.inner.clone(),
             owned: false,
+            registered: None,
         }
     }
 
@@ -124,6 +183,18 @@ impl Runs {
     /// Abort every running request and wait (bounded) until they have resolved.
     async fn abort_and_wait(&self, bound: std::time::Duration) {
         self.inner.abort.send_replace(true);
+        // the requests resolved in place end now (each removes itself as it does)
+        let open: Vec<Arc<dyn Abort>> = self
+            .inner
+            .registry()
+            .open
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for request in open {
+            request.abort();
+        }
         let wait = async {
             loop {
                 let notified = self.inner.idle.notified();
@@ -139,38 +210,138 @@ impl Runs {
 
 /// What a router or pipeline does with a request.
 pub(crate) trait Lead<M>: Send + Sync + 'static {
-    /// Per-incarnation state (e.g. a round-robin cursor).
-    type State: Send + 'static;
     /// "router" or "pipeline", for messages.
     const KIND: &'static str;
 
-    fn init(&self, node: &LeadNode<M>) -> Self::State;
+    /// Taken in place: a new task is started on its sender's thread
+    /// ([`Intake`]) instead of through the lead's mailbox, one hop less. Right for a
+    /// lead whose request is quick and needs no state of the lead's actor.
+    const IN_PLACE: bool;
+
+    /// Can a request be taken in place on this thread? (A router with a deadline
+    /// needs a tokio runtime for its timer; a sender outside one goes through the
+    /// mailbox.)
+    fn in_place_here(&self) -> bool {
+        true
+    }
+
+    /// A new incarnation starts (and at a reset): set up what the requests need.
+    fn init(&self, node: &LeadNode<'_, M>);
 
     /// The requests it is working on.
     fn runs(&self) -> &Runs;
 
     /// Start a request; its head must be resolved exactly once, now or later.
-    fn request(
-        this: &Arc<Self>,
-        state: &mut Self::State,
-        node: &LeadNode<M>,
-        head: TaskHead<M>,
-        payload: M,
-    );
+    fn request(this: &Arc<Self>, node: &LeadNode<'_, M>, head: TaskHead<M>, payload: M);
 }
 
 /// Who the lead is: its slot, its hierarchy, where its escalations go.
-pub(crate) struct LeadNode<M> {
-    pub(crate) slot: Arc<Slot<M>>,
-    pub(crate) shared: Arc<Shared<M>>,
-    pub(crate) escalate_to: Arc<Slot<M>>,
+pub(crate) struct LeadNode<'a, M> {
+    pub(crate) slot: &'a Arc<Slot<M>>,
+    pub(crate) shared: &'a Arc<Shared<M>>,
+    pub(crate) escalate_to: &'a Arc<Slot<M>>,
 }
 
-impl<M> LeadNode<M> {
+impl<M> LeadNode<'_, M> {
     /// An RNG seeded from the hierarchy seed and this node's position.
     pub(crate) fn rng(&self) -> StdRng {
         StdRng::seed_from_u64(self.shared.seed ^ (u64::from(self.slot.uid) << 24))
     }
+}
+
+/// A lead's node, owned by its actor.
+struct OwnedNode<M> {
+    slot: Arc<Slot<M>>,
+    shared: Arc<Shared<M>>,
+    escalate_to: Arc<Slot<M>>,
+}
+
+impl<M> OwnedNode<M> {
+    fn node(&self) -> LeadNode<'_, M> {
+        LeadNode {
+            slot: &self.slot,
+            shared: &self.shared,
+            escalate_to: &self.escalate_to,
+        }
+    }
+}
+
+/// A lead that takes new tasks in place ([`Lead::IN_PLACE`]), kept in its slot.
+pub(crate) trait Intake<M>: Send + Sync {
+    /// Take `task`, sent to `slot` (open when the sender looked), on the sender's
+    /// thread: the task is resolved exactly once, now or later. Gives it back if it
+    /// cannot be taken here (it then goes through the mailbox).
+    fn take(
+        &self,
+        slot: &Arc<Slot<M>>,
+        shared: &Arc<Shared<M>>,
+        task: Task<M>,
+    ) -> Result<(), Task<M>>;
+}
+
+struct LeadIntake<M, L> {
+    lead: Arc<L>,
+    escalate_to: Arc<Slot<M>>,
+}
+
+impl<M: crate::Message, L: Lead<M>> Intake<M> for LeadIntake<M, L> {
+    fn take(
+        &self,
+        slot: &Arc<Slot<M>>,
+        shared: &Arc<Shared<M>>,
+        task: Task<M>,
+    ) -> Result<(), Task<M>> {
+        if !self.lead.in_place_here() {
+            return Err(task);
+        }
+        let node = LeadNode {
+            slot,
+            shared,
+            escalate_to: &self.escalate_to,
+        };
+        take_task(&self.lead, &node, None, task);
+        Ok(())
+    }
+}
+
+/// A task for a lead, from its mailbox or in place: refused while stopping, a branch's
+/// escalation returned as its result, anything else a new request.
+fn take_task<M: crate::Message, L: Lead<M>>(
+    lead: &Arc<L>,
+    node: &LeadNode<'_, M>,
+    stopping: Option<&Arc<str>>,
+    task: Task<M>,
+) {
+    let Task { head, payload } = task;
+    if let Some(reason) = stopping {
+        let why = format!(
+            "{} stopped before taking the task: {reason}",
+            node.slot.path
+        );
+        node.shared.fail(node.slot, head, &why);
+        return;
+    }
+    if node.shared.aborting() {
+        node.shared.fail(
+            node.slot,
+            head,
+            "the hierarchy stopped before the task was taken",
+        );
+        return;
+    }
+    // a chained pipeline run's stage escalated past the team's threshold: the run
+    // ends and escalates from its pipeline
+    if head.branch && head.escalation().is_some() && head.in_chain() {
+        crate::pipeline::chain::stage_escalated(node.shared, node.slot, head, payload);
+        return;
+    }
+    // one of our branches escalated: that is the branch's result
+    if head.branch && head.escalation().is_some() {
+        node.shared
+            .return_branch_escalation(node.slot, head, payload);
+        return;
+    }
+    L::request(lead, node, head, payload);
 }
 
 pub(crate) struct LeadSpawner<L> {
@@ -202,15 +373,14 @@ pub(crate) struct LeadActor<M, L> {
     _m: std::marker::PhantomData<fn() -> M>,
 }
 
-pub(crate) struct LeadState<M, S> {
-    node: LeadNode<M>,
-    state: S,
+pub(crate) struct LeadState<M> {
+    node: OwnedNode<M>,
     stopping: Option<Arc<str>>,
 }
 
 impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
     type Msg = NodeMsg<M>;
-    type State = LeadState<M, L::State>;
+    type State = LeadState<M>;
     type Arguments = AgentArgs<M>;
 
     async fn pre_start(
@@ -218,15 +388,22 @@ impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
         _myself: ActorRef<Self::Msg>,
         args: AgentArgs<M>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let node = LeadNode {
+        let node = OwnedNode {
             slot: args.slot,
             shared: args.shared,
             escalate_to: args.escalate_to,
         };
-        let state = self.lead.init(&node);
+        self.lead.init(&node.node());
+        if L::IN_PLACE {
+            // from now on new tasks are taken on their senders' threads (set once: a
+            // later incarnation finds it there)
+            node.slot.take_in_place(Box::new(LeadIntake {
+                lead: self.lead.clone(),
+                escalate_to: node.escalate_to.clone(),
+            }));
+        }
         Ok(LeadState {
             node,
-            state,
             stopping: None,
         })
     }
@@ -264,7 +441,7 @@ impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
             }
             NodeMsg::Respawn { .. } => {}
             NodeMsg::Reset => {
-                st.state = self.lead.init(&st.node);
+                self.lead.init(&st.node.node());
                 bump(&st.node.slot.stats.own.rare().restarts);
             }
             NodeMsg::Stop { reason } => {
@@ -290,37 +467,7 @@ impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
 }
 
 impl<M: crate::Message, L: Lead<M>> LeadActor<M, L> {
-    fn on_task(&self, task: Task<M>, st: &mut LeadState<M, L::State>) {
-        let Task { head, payload } = task;
-        let node = &st.node;
-        if let Some(reason) = &st.stopping {
-            let why = format!(
-                "{} stopped before taking the task: {reason}",
-                node.slot.path
-            );
-            node.shared.fail(&node.slot, head, &why);
-            return;
-        }
-        if node.shared.aborting() {
-            node.shared.fail(
-                &node.slot,
-                head,
-                "the hierarchy stopped before the task was taken",
-            );
-            return;
-        }
-        // a chained pipeline run's stage escalated past the team's threshold: the run
-        // ends and escalates from its pipeline
-        if head.branch && head.escalation().is_some() && head.in_chain() {
-            crate::pipeline::chain::stage_escalated(&node.shared, &node.slot, head, payload);
-            return;
-        }
-        // one of our branches escalated: that is the branch's result
-        if head.branch && head.escalation().is_some() {
-            node.shared
-                .return_branch_escalation(&node.slot, head, payload);
-            return;
-        }
-        L::request(&self.lead, &mut st.state, &st.node, head, payload);
+    fn on_task(&self, task: Task<M>, st: &mut LeadState<M>) {
+        take_task(&self.lead, &st.node.node(), st.stopping.as_ref(), task);
     }
 }

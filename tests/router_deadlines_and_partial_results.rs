@@ -35,20 +35,29 @@ fn val(m: &Msg) -> i64 {
     }
 }
 
-/// Opens once and stays open.
+/// Opens once and stays open; counts the handlers that reached it.
 #[derive(Clone)]
-struct Gate(Arc<watch::Sender<bool>>);
+struct Gate(Arc<watch::Sender<bool>>, Arc<watch::Sender<usize>>);
 
 impl Gate {
     fn new() -> Self {
-        Gate(Arc::new(watch::channel(false).0))
+        Gate(
+            Arc::new(watch::channel(false).0),
+            Arc::new(watch::channel(0).0),
+        )
     }
     fn open(&self) {
         self.0.send_replace(true);
     }
     async fn wait(&self) {
         let mut rx = self.0.subscribe();
+        self.1.send_modify(|n| *n += 1);
         let _ = rx.wait_for(|open| *open).await;
+    }
+    /// Until `n` handlers are held at the gate.
+    async fn reached(&self, n: usize) {
+        let mut rx = self.1.subscribe();
+        let _ = within(5, "the handlers at the gate", rx.wait_for(|k| *k >= n)).await;
     }
 }
 
@@ -265,5 +274,42 @@ async fn a_single_worker_route_that_times_out_fails_the_request() {
         (c.submitted, c.failed, c.completed, c.timed_out),
         (2, 1, 1, 1),
         "{c:?}"
+    );
+}
+
+/// A hard stop (here a shutdown whose drain deadline passes) does not wait on the
+/// branches of an open gather: the request fails at once, saying why, and the caller
+/// hears before the stalled handlers are released.
+#[tokio::test(start_paused = true)]
+async fn a_hard_stop_ends_an_open_gather_at_once() {
+    let rig = rig(&[Act::Stall, Act::Stall], |b| {
+        b.route(Route::Broadcast).gather(merge_all())
+    })
+    .await;
+    let entry = rig.router.entry().clone();
+    let caller = tokio::spawn(async move { entry.call(Msg::Ask).await });
+    rig.gate.reached(2).await;
+    let gate = rig.gate.clone();
+    let stop = tokio::spawn(rig.router.shutdown(Duration::from_millis(10)));
+    let out = within(5, "the caller's outcome", caller)
+        .await
+        .expect("the caller's task")
+        .expect("the router took the request");
+    match out {
+        Outcome::Failed(f) => assert!(
+            f.reason
+                .contains("the hierarchy stopped before every branch answered"),
+            "{}",
+            f.reason
+        ),
+        other => panic!("an aborted gather fails its request, got {other:?}"),
+    }
+    gate.open();
+    let report = within(30, "the shutdown", stop)
+        .await
+        .expect("the shutdown's task");
+    assert!(
+        !report.drained,
+        "the drain deadline passed with the request open"
     );
 }

@@ -400,3 +400,51 @@ async fn classify_follows_the_user_function_and_refuses_an_index_out_of_range() 
     assert_eq!((c.submitted, c.completed, c.failed), (10, 8, 2), "{c:?}");
     assert!(c.is_balanced());
 }
+
+/// A router's requests are routed on their senders' threads; a sender outside any
+/// tokio runtime (a plain thread calling `send`) is routed all the same, with or
+/// without a deadline (whose timer needs a runtime: such a request goes through the
+/// router's mailbox), and round-robin still deals the requests out evenly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_outside_a_runtime_are_routed_with_or_without_a_deadline() {
+    for deadline in [None, Some(std::time::Duration::from_secs(30))] {
+        let rig = rig(3, |b| {
+            let b = b.route(Route::RoundRobin);
+            match deadline {
+                Some(d) => b.deadline(d),
+                None => b,
+            }
+        })
+        .await;
+        let entry = rig.router.entry().clone();
+        let sender = std::thread::spawn(move || {
+            assert!(tokio::runtime::Handle::try_current().is_err());
+            (0..6)
+                .map(|k| entry.send(req(k)).is_ok())
+                .collect::<Vec<bool>>()
+        });
+        let sent = within(
+            5,
+            "the plain thread's sends",
+            tokio::task::spawn_blocking(move || sender.join()),
+        )
+        .await
+        .expect("join")
+        .expect("the plain thread's sends do not panic");
+        assert_eq!(sent, vec![true; 6], "deadline {deadline:?}");
+        let c = idle(rig.router.hierarchy(), 5).await;
+        assert_eq!((c.submitted, c.completed, c.failed), (12, 12, 0), "{c:?}");
+        for i in 0..3 {
+            let w = rig.router.worker(i).expect("worker").counters();
+            assert_eq!(w.completed, 2, "worker {i}, deadline {deadline:?}: {w:?}");
+        }
+        drop(
+            within(
+                5,
+                "shutdown",
+                rig.router.shutdown(std::time::Duration::from_secs(2)),
+            )
+            .await,
+        );
+    }
+}

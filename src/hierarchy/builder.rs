@@ -609,6 +609,7 @@ impl<M: crate::Message> Plan<'_, M> {
                     workers,
                     requests: Default::default(),
                     runs: Default::default(),
+                    cursor: Default::default(),
                 });
                 self.dir.routers.insert(router_slot.uid, inner.clone());
                 router_slot.count_in_flight(inner.runs.active());

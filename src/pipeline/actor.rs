@@ -46,29 +46,25 @@ pub(crate) struct PipelineShared<M> {
 }
 
 impl<M: crate::Message> Lead<M> for PipelineShared<M> {
-    type State = ();
     const KIND: &'static str = "pipeline";
+    // its slot is in its own state (`home`): kept in the slot, the intake would keep
+    // the slot alive forever
+    const IN_PLACE: bool = false;
 
     fn runs(&self) -> &crate::lead::Runs {
         &self.runs
     }
 
-    fn init(&self, node: &LeadNode<M>) {
+    fn init(&self, node: &LeadNode<'_, M>) {
         crate::panic::install_quiet_hook();
         let _ = self.home.set(super::chain::Home {
-            shared: Arc::downgrade(&node.shared),
+            shared: Arc::downgrade(node.shared),
             slot: node.slot.clone(),
             escalate_to: node.escalate_to.clone(),
         });
     }
 
-    fn request(
-        this: &Arc<Self>,
-        _: &mut (),
-        node: &LeadNode<M>,
-        mut head: TaskHead<M>,
-        payload: M,
-    ) {
+    fn request(this: &Arc<Self>, node: &LeadNode<'_, M>, mut head: TaskHead<M>, payload: M) {
         // a run that is already a chained run's stage (forwarded here) is coordinated,
         // so that its own chain resolves it
         if this.chained && !head.in_chain() {

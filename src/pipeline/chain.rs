@@ -322,7 +322,7 @@ fn send_failure<M>(
 /// task to stage 1.
 pub(crate) fn start<M: crate::Message>(
     p: &Arc<PipelineShared<M>>,
-    node: &LeadNode<M>,
+    node: &LeadNode<'_, M>,
     mut head: TaskHead<M>,
     payload: M,
 ) {
@@ -372,7 +372,7 @@ pub(crate) fn start<M: crate::Message>(
     // the run's escalations come back to this lead as its result
     head.branch = true;
     head.meta_mut().chain = Some(link);
-    enter(&node.shared, &node.slot, head, 0, payload);
+    enter(node.shared, node.slot, head, 0, payload);
 }
 
 /// Answers the caller at the run's deadline, unless the run ended first.

@@ -1,24 +1,21 @@
 //! The router actor and the gather task that fans one request's branches back in.
 
-use std::future::{poll_fn, Future};
-use std::pin::pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
-use std::task::Poll;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::arrivals::{Arrival, Arrivals, CloseOnDrop};
+use super::arrivals::{Arrivals, End};
 use super::breaker::Health;
-use super::gather::{decide, BranchReport, BranchStatus, GatherError, Gathered, Partial};
+use super::gather::{decide, BranchReport, BranchStatus, Gather, GatherError, Gathered, Partial};
 use super::strategy::{pick, PickError};
 use super::RouterConfig;
 use crate::accounting::bump;
 use crate::address::{AgentRef, Slot};
-use crate::envelope::{BranchEscalation, Decision, Detail, FailureKind, Outcome, Path, TaskHead};
+use crate::envelope::{BranchEscalation, Decision, Detail, FailureKind, Outcome, TaskHead};
 use crate::hierarchy::shared::Shared;
 use crate::lead::{Lead, LeadNode};
 
@@ -34,60 +31,83 @@ pub(crate) struct RouterShared<M> {
     pub(crate) workers: Vec<Worker<M>>,
     pub(crate) requests: AtomicU32,
     pub(crate) runs: crate::lead::Runs,
+    /// Where round-robin and random picks stand, shared by every sender (requests are
+    /// taken on the senders' threads); reset with the router.
+    pub(crate) cursor: Mutex<Option<Cursor>>,
 }
 
-/// The router's per-incarnation state.
+/// Where a router's picks stand.
 pub(crate) struct Cursor {
     next: usize,
     rng: StdRng,
 }
 
+impl<M: crate::Message> RouterShared<M> {
+    fn cursor(&self) -> MutexGuard<'_, Option<Cursor>> {
+        // a pick cannot panic while holding it (no user code); a poisoned cursor is
+        // still a valid one
+        self.cursor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl<M: crate::Message> Lead<M> for RouterShared<M> {
-    type State = Cursor;
     const KIND: &'static str = "router";
+    const IN_PLACE: bool = true;
 
     fn runs(&self) -> &crate::lead::Runs {
         &self.runs
     }
 
-    fn init(&self, node: &LeadNode<M>) -> Cursor {
-        Cursor {
-            next: 0,
-            rng: node.rng(),
-        }
+    fn in_place_here(&self) -> bool {
+        // the deadline's timer is a tokio task
+        self.cfg.deadline.is_none() || tokio::runtime::Handle::try_current().is_ok()
     }
 
-    fn request(
-        this: &Arc<Self>,
-        st: &mut Cursor,
-        node: &LeadNode<M>,
-        mut head: TaskHead<M>,
-        payload: M,
-    ) {
+    fn init(&self, node: &LeadNode<'_, M>) {
+        *self.cursor() = Some(Cursor {
+            next: 0,
+            rng: node.rng(),
+        });
+    }
+
+    fn request(this: &Arc<Self>, node: &LeadNode<'_, M>, mut head: TaskHead<M>, payload: M) {
         let cfg = &this.cfg;
-        let started = Instant::now();
+        // the clock is read only for a deadline or a caller who wants the branches' times
+        let wants_times = head.meta.as_ref().is_some_and(|m| m.detail.is_some());
+        let started = (wants_times || cfg.deadline.is_some()).then(Instant::now);
         if let Some(limit) = cfg.admission {
             if this.requests.load(Ordering::Acquire) >= limit {
                 bump(&node.slot.stats.own.rare().rejected);
                 let err = GatherError::AtCapacity { limit };
-                finish_without_branches(&node.shared, &node.slot, head, err, started);
+                finish_without_branches(node.shared, node.slot, head, err, started);
                 return;
             }
         }
-        let now = node.shared.now();
+        // without a breaker every worker's breaker is closed: no clock to read
+        let now = cfg
+            .breaker
+            .as_ref()
+            .map_or(Duration::ZERO, |_| node.shared.now());
         let cap = cfg.max_in_flight;
-        let picked = pick(
-            &cfg.route,
-            &payload,
-            this.workers.len(),
-            &mut st.next,
-            &mut st.rng,
-            |i| load(&this.workers[i]),
-            |i| {
-                let w = &this.workers[i];
-                cap.is_none_or(|c| load(w) < c) && w.health.admit(cfg.breaker.as_ref(), now)
-            },
-        );
+        let picked = {
+            let mut cursor = this.cursor();
+            let cursor = cursor.get_or_insert_with(|| Cursor {
+                next: 0,
+                rng: node.rng(),
+            });
+            pick(
+                &cfg.route,
+                &payload,
+                this.workers.len(),
+                &mut cursor.next,
+                &mut cursor.rng,
+                |i| load(&this.workers[i]),
+                |i| {
+                    let w = &this.workers[i];
+                    cap.is_none_or(|c| load(w) < c) && w.health.admit(cfg.breaker.as_ref(), now)
+                },
+            )
+        };
         let chosen = match picked {
             Ok(c) => c,
             Err(e) => {
@@ -104,8 +124,8 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
                     ),
                 };
                 finish_without_branches(
-                    &node.shared,
-                    &node.slot,
+                    node.shared,
+                    node.slot,
                     head,
                     GatherError::NoWorker(why),
                     started,
@@ -118,55 +138,84 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
                 .iter()
                 .map(|&i| this.workers[i].slot.path.clone())
                 .collect();
-            head.record(node.shared.entry(&node.slot, Decision::Routed { to }));
+            head.record(node.shared.entry(node.slot, Decision::Routed { to }));
         }
-        let mut pending = Vec::with_capacity(chosen.len());
-        let arrivals = Arrivals::new(chosen.len());
-        let mut spare = Some(payload);
-        for (k, &i) in chosen.iter().enumerate() {
-            let w = &this.workers[i];
-            let msg = if k + 1 == chosen.len() {
-                spare.take()
-            } else {
-                spare.clone()
-            };
-            let Some(msg) = msg else { break };
-            let wref = AgentRef {
-                slot: w.slot.clone(),
-                shared: node.shared.clone(),
-            };
-            let sent = wref
-                .submit_branch(msg, arrivals.port(k), head.budget().cloned())
-                .is_ok();
-            pending.push(Pending {
+        let n = chosen.len();
+        let gather = &cfg.gather;
+        let broadcast = cfg.route.is_broadcast();
+        let reports = chosen
+            .iter()
+            .map(|&i| BranchReport {
                 worker: i,
-                path: w.slot.path.clone(),
-                sent,
-            });
-        }
+                path: this.workers[i].slot.path.clone(),
+                status: BranchStatus::Discarded,
+                elapsed: Duration::ZERO,
+            })
+            .collect();
+        // counted before the gather exists: it releases the count however it ends
         this.requests.fetch_add(1, Ordering::AcqRel);
-        let job = GatherJob {
-            inner: this.clone(),
+        let budget = head.budget().cloned();
+        // only a race or a quorum looks at the order of arrival
+        let ordered = broadcast && matches!(gather, Gather::First | Gather::Quorum(..));
+        let arrivals = Arrivals::new(GatherJob {
+            admitted: Admitted(this.clone()),
             shared: node.shared.clone(),
             slot: node.slot.clone(),
             escalate_to: node.escalate_to.clone(),
             head,
-            pending,
-            arrivals,
+            reports,
+            left: n,
+            arrival: if ordered {
+                Vec::with_capacity(n)
+            } else {
+                Vec::new()
+            },
+            ordered,
+            answers: 0,
+            escalation: None,
+            fail_fast: None,
             started,
-        };
-        // counted before the task exists, so a stop never misses it
-        let running = this.runs.start();
-        tokio::spawn(job.run(running));
+            dispatching: true,
+            running: None,
+            timer: None,
+        });
+        let mut unsent = Vec::new();
+        let mut spare = Some(payload);
+        for (k, &i) in chosen.iter().enumerate() {
+            let w = &this.workers[i];
+            let msg = if k + 1 == n {
+                spare.take()
+            } else {
+                spare.clone()
+            };
+            let Some(msg) = msg else {
+                unsent.push(k);
+                continue;
+            };
+            let wref = AgentRef {
+                slot: w.slot.clone(),
+                shared: node.shared.clone(),
+            };
+            if wref
+                .submit_branch(msg, arrivals.port(k), budget.clone())
+                .is_err()
+            {
+                unsent.push(k);
+            }
+        }
+        // counted before it can be decided, so a stop never misses it
+        let running = this.runs.start_open(arrivals.clone());
+        let deadline = cfg.deadline.and_then(|d| started.map(|s| s + d));
+        arrivals.dispatched(&unsent, running, deadline);
     }
 }
 
 /// Holds one unit of a router's admission count; released when dropped.
-struct Admitted<'a>(&'a AtomicU32);
+struct Admitted<M>(Arc<RouterShared<M>>);
 
-impl Drop for Admitted<'_> {
+impl<M> Drop for Admitted<M> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -180,7 +229,7 @@ fn finish_without_branches<M: crate::Message>(
     slot: &Slot<M>,
     mut head: TaskHead<M>,
     err: GatherError,
-    started: Instant,
+    started: Option<Instant>,
 ) {
     let detail = take_detail(&mut head);
     shared.fail_as(slot, head, &err.to_string(), FailureKind::Routing);
@@ -189,9 +238,14 @@ fn finish_without_branches<M: crate::Message>(
         Gathered {
             result: Err(err),
             branches: Vec::new(),
-            elapsed: started.elapsed(),
+            elapsed: since(started),
         },
     );
+}
+
+/// Time since `started`, if it was taken.
+fn since(started: Option<Instant>) -> Duration {
+    started.map_or(Duration::ZERO, |s| s.elapsed())
 }
 
 /// The caller's detail port, taken out before the request is resolved: the request is
@@ -207,199 +261,177 @@ fn send_detail<M>(tx: Option<oneshot::Sender<Detail<M>>>, g: Gathered<M>) {
     }
 }
 
-struct Pending {
-    worker: usize,
-    path: Path,
-    /// False if the branch could not even be sent (worker closed).
-    sent: bool,
-}
-
-struct GatherJob<M> {
-    inner: Arc<RouterShared<M>>,
+/// One request's gather: the branches' reports so far and what the request needs to be
+/// resolved. Lives in its [`Arrivals`]; each arrival is applied with
+/// [`GatherJob::accept`] and the one that decides it calls [`GatherJob::finish`].
+pub(crate) struct GatherJob<M> {
+    /// The admission count (and the router).
+    admitted: Admitted<M>,
     shared: Arc<Shared<M>>,
     slot: Arc<Slot<M>>,
     escalate_to: Arc<Slot<M>>,
     head: TaskHead<M>,
-    pending: Vec<Pending>,
-    /// Where the branches answer.
-    arrivals: Arc<Arrivals<M>>,
-    started: Instant,
-}
-
-/// What woke a gather.
-enum Woke {
-    /// One or more branches answered.
-    Answers,
-    /// The hierarchy is stopping.
-    Aborted,
-    /// The router's deadline passed.
-    Expired,
+    /// Every branch, in worker order; `Discarded` while it has not ended.
+    reports: Vec<BranchReport<M>>,
+    /// Branches not ended yet.
+    left: usize,
+    /// Answered branches in the order they answered, kept only if `ordered` (a race or
+    /// a quorum decides on it).
+    arrival: Vec<usize>,
+    ordered: bool,
+    answers: usize,
+    escalation: Option<BranchEscalation<M>>,
+    fail_fast: Option<GatherError>,
+    /// Taken when the request arrived, for a deadline or a caller who wants times.
+    started: Option<Instant>,
+    /// The router is still sending branches: not decided before it is done.
+    dispatching: bool,
+    /// The lead's count of open requests (and its registry entry).
+    running: Option<crate::lead::RunGuard>,
+    /// The deadline's timer, cancelled when decided first.
+    pub(super) timer: Option<tokio::task::AbortHandle>,
 }
 
 impl<M: crate::Message> GatherJob<M> {
-    async fn run(self, _running: crate::lead::RunGuard) {
-        let inner = self.inner.clone();
-        // the admission count is released however this task ends
-        let admitted = Admitted(&inner.requests);
-        let cfg = self.inner.cfg.clone();
-        let n = self.pending.len();
-        let broadcast = cfg.route.is_broadcast();
-        let mut reports: Vec<BranchReport<M>> = self
-            .pending
-            .iter()
-            .map(|p| BranchReport {
-                worker: p.worker,
-                path: p.path.clone(),
-                status: BranchStatus::Discarded,
-                elapsed: Duration::ZERO,
-            })
-            .collect();
-        let mut done = vec![false; n];
-        let mut arrival = Vec::with_capacity(n);
-        let mut answers = 0usize;
-        let mut escalation: Option<BranchEscalation<M>> = None;
-        let mut fail_fast: Option<GatherError> = None;
-        // branches that could not be sent failed at once (their ports' drops arrive as
-        // well, and are ignored: the branch is done)
-        for k in 0..n {
-            if !self.pending[k].sent {
-                done[k] = true;
-                reports[k].status = BranchStatus::Failed("the worker is closed".to_string());
-                self.health(k, false);
-                if cfg.partial == Partial::FailFast {
-                    fail_fast.get_or_insert(GatherError::BranchFailed {
-                        worker: reports[k].path.clone(),
-                        reason: "the worker is closed".to_string(),
-                    });
-                }
-            }
+    /// Enough is in to decide (the router may still be sending branches).
+    fn decided(&self) -> bool {
+        let cfg = &self.admitted.0.cfg;
+        self.fail_fast.is_some()
+            || self.left == 0
+            || (cfg.route.is_broadcast() && cfg.gather.decided_early(self.answers))
+    }
+
+    /// Ready to be resolved.
+    pub(super) fn over(&self) -> bool {
+        !self.dispatching && self.decided()
+    }
+
+    /// Branch `k` ended, with its outcome or (`None`) without one. Gives back the
+    /// outcome if it was not taken (the branch already ended, or the gather is decided).
+    pub(super) fn accept(&mut self, k: usize, outcome: Option<Outcome<M>>) -> Option<Outcome<M>> {
+        if self.decided() {
+            return outcome;
         }
-        let deadline = cfg.deadline.map(|d| self.started + d);
-        let mut timed_out = false;
-        // made once for the whole gather, not once per answer: a stop of the hierarchy
-        // and the deadline
-        let mut aborted = pin!(inner.runs.aborted());
-        let mut expired = pin!(async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        });
-        // answers that arrived together, all taken at once, oldest first
-        let mut got: Vec<Arrival<M>> = Vec::with_capacity(n);
-        // when the answers in `got` were taken (one clock read for all of them)
-        let mut taken = Duration::ZERO;
-        // answers after the gather is over are dropped, not kept in the inbox
-        let close = CloseOnDrop(self.arrivals.clone());
-        let arrivals = &close.0;
-        while fail_fast.is_none()
-            && done.iter().any(|d| !d)
-            && !(broadcast && cfg.gather.decided_early(answers))
-        {
-            if got.is_empty() {
-                let woke = poll_fn(|cx| {
-                    if arrivals.poll_take(cx, &mut got).is_ready() {
-                        return Poll::Ready(Woke::Answers);
-                    }
-                    if aborted.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Woke::Aborted);
-                    }
-                    if expired.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Woke::Expired);
-                    }
-                    Poll::Pending
-                })
-                .await;
-                match woke {
-                    Woke::Answers => {
-                        got.reverse();
-                        taken = self.started.elapsed();
-                    }
-                    Woke::Aborted => {
-                        fail_fast.get_or_insert(GatherError::NoWorker(
-                            "the hierarchy stopped before every branch answered".to_string(),
-                        ));
-                        break;
-                    }
-                    Woke::Expired => {
-                        timed_out = true;
-                        break;
+        let Some(report) = self.reports.get(k) else {
+            return outcome;
+        };
+        if !matches!(report.status, BranchStatus::Discarded) {
+            return outcome;
+        }
+        self.left -= 1;
+        let status = match outcome {
+            Some(Outcome::Completed { reply, .. }) => {
+                // a reply-less completion (Done, an absorbed escalation) is not an
+                // answer a race or a quorum can be decided on
+                if reply.is_some() {
+                    self.answers += 1;
+                    if self.ordered {
+                        self.arrival.push(k);
                     }
                 }
+                BranchStatus::Answered(reply)
             }
-            let Some((k, outcome)) = got.pop() else {
-                continue;
-            };
-            if k >= n || done[k] {
-                continue;
-            }
-            done[k] = true;
-            reports[k].elapsed = taken;
-            let status = match outcome {
-                Some(Outcome::Completed { reply, .. }) => {
-                    // a reply-less completion (Done, an absorbed escalation) is not an
-                    // answer a race or a quorum can be decided on
-                    if reply.is_some() {
-                        answers += 1;
-                    }
-                    arrival.push(k);
-                    BranchStatus::Answered(reply)
-                }
-                Some(Outcome::Escalated {
+            Some(Outcome::Escalated {
+                severity,
+                reason,
+                origin,
+                payload,
+                trail,
+            }) => {
+                self.escalation.get_or_insert(BranchEscalation {
                     severity,
-                    reason,
+                    reason: reason.clone(),
                     origin,
                     payload,
                     trail,
-                }) => {
-                    escalation.get_or_insert(BranchEscalation {
-                        severity,
-                        reason: reason.clone(),
-                        origin,
-                        payload,
-                        trail,
-                    });
-                    BranchStatus::Escalated { severity, reason }
-                }
-                Some(Outcome::Failed(f)) => BranchStatus::Failed(f.reason),
-                None => {
-                    BranchStatus::Failed("the branch was lost with its worker's actor".to_string())
-                }
+                });
+                BranchStatus::Escalated { severity, reason }
+            }
+            Some(Outcome::Failed(f)) => BranchStatus::Failed(f.reason),
+            None => BranchStatus::Failed("the branch was lost with its worker's actor".to_string()),
+        };
+        self.ended(k, status);
+        None
+    }
+
+    /// Record branch `k`'s status, its time and its worker's health.
+    fn ended(&mut self, k: usize, status: BranchStatus<M>) {
+        let ok = !matches!(status, BranchStatus::Failed(_));
+        self.health(k, ok);
+        let report = &mut self.reports[k];
+        report.elapsed = since(self.started);
+        if let BranchStatus::Failed(reason) = &status {
+            if self.admitted.0.cfg.partial == Partial::FailFast {
+                self.fail_fast.get_or_insert(GatherError::BranchFailed {
+                    worker: report.path.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        report.status = status;
+    }
+
+    /// The router is done sending: the branches in `unsent` could not be sent.
+    pub(super) fn dispatched(&mut self, unsent: &[usize], running: crate::lead::RunGuard) {
+        const CLOSED: &str = "the worker is closed";
+        for &k in unsent {
+            let Some(report) = self.reports.get(k) else {
+                continue;
             };
-            let ok = !matches!(status, BranchStatus::Failed(_));
-            self.health(k, ok);
-            if let (false, Partial::FailFast) = (ok, cfg.partial) {
-                if let BranchStatus::Failed(reason) = &status {
-                    fail_fast = Some(GatherError::BranchFailed {
-                        worker: reports[k].path.clone(),
-                        reason: reason.clone(),
-                    });
+            if matches!(report.status, BranchStatus::Discarded) {
+                // no port reached the worker, and none said so yet
+                self.left -= 1;
+                self.ended(k, BranchStatus::Failed(CLOSED.to_string()));
+            } else {
+                // its port said "lost" from its drop when the send failed: it was
+                // never sent at all
+                let path = report.path.clone();
+                self.reports[k].status = BranchStatus::Failed(CLOSED.to_string());
+                if let Some(GatherError::BranchFailed { worker, reason }) = &mut self.fail_fast {
+                    if *worker == path {
+                        *reason = CLOSED.to_string();
+                    }
                 }
             }
-            reports[k].status = status;
+        }
+        self.running = Some(running);
+        self.dispatching = false;
+    }
+
+    /// Resolve the request: the result from the branches, the outcome to its caller,
+    /// the detail to a caller who asked for it.
+    pub(super) fn finish(mut self, end: End) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+        let cfg = self.admitted.0.cfg.clone();
+        let broadcast = cfg.route.is_broadcast();
+        let timed_out = end == End::Expired;
+        if end == End::Aborted {
+            self.fail_fast.get_or_insert(GatherError::NoWorker(
+                "the hierarchy stopped before every branch answered".to_string(),
+            ));
         }
         // whatever is still running is timed out or discarded
-        let elapsed = self.started.elapsed();
+        let elapsed = since(self.started);
         let mut late = 0u32;
-        for k in 0..n {
-            if !done[k] {
-                late += 1;
-                reports[k].elapsed = elapsed;
-                if timed_out {
-                    reports[k].status = BranchStatus::TimedOut;
-                    self.health(k, false);
-                    if cfg.partial == Partial::FailFast && fail_fast.is_none() {
-                        fail_fast = Some(GatherError::BranchFailed {
-                            worker: reports[k].path.clone(),
-                            reason: format!(
-                                "no answer within {:?}",
-                                cfg.deadline.unwrap_or_default()
-                            ),
-                        });
-                    }
-                } else {
-                    self.health_discard(k);
+        for k in 0..self.reports.len() {
+            if !matches!(self.reports[k].status, BranchStatus::Discarded) {
+                continue;
+            }
+            late += 1;
+            self.reports[k].elapsed = elapsed;
+            if timed_out {
+                self.reports[k].status = BranchStatus::TimedOut;
+                self.health(k, false);
+                if cfg.partial == Partial::FailFast && self.fail_fast.is_none() {
+                    self.fail_fast = Some(GatherError::BranchFailed {
+                        worker: self.reports[k].path.clone(),
+                        reason: format!("no answer within {:?}", cfg.deadline.unwrap_or_default()),
+                    });
                 }
+            } else {
+                self.health_discard(k);
             }
         }
         if late > 0 {
@@ -411,11 +443,13 @@ impl<M: crate::Message> GatherJob<M> {
             };
             crate::accounting::add(counter, u64::from(late));
         }
-        let result: Result<Option<M>, GatherError> = if let Some(e) = fail_fast {
+        let reports = std::mem::take(&mut self.reports);
+        let result: Result<Option<M>, GatherError> = if let Some(e) = self.fail_fast.take() {
             Err(e)
         } else if broadcast {
-            // user code (merge, fold, vote key): a panic fails this request, not the task
-            crate::panic::catch(|| decide(&cfg.gather, &reports, &arrival))
+            // user code (merge, fold, vote key): a panic fails this request, not the
+            // thread that delivered the deciding answer
+            crate::panic::catch(|| decide(&cfg.gather, &reports, &self.arrival))
                 .unwrap_or_else(|p| Err(GatherError::NoWorker(format!("the gather function {p}"))))
         } else {
             match reports.first().map(|r| &r.status) {
@@ -432,13 +466,22 @@ impl<M: crate::Message> GatherJob<M> {
                 _ => Ok(None),
             }
         };
-        let mut head = self.head;
+        let GatherJob {
+            admitted,
+            shared,
+            slot,
+            escalate_to,
+            mut head,
+            escalation,
+            running,
+            ..
+        } = self;
         if head.meta.is_some() {
             let count = |f: fn(&BranchStatus<M>) -> bool| {
                 reports.iter().filter(|r| f(&r.status)).count() as u32
             };
-            let entry = self.shared.entry(
-                &self.slot,
+            let entry = shared.entry(
+                &slot,
                 Decision::Gathered {
                     answered: count(|s| matches!(s, BranchStatus::Answered(_))),
                     escalated: count(|s| matches!(s, BranchStatus::Escalated { .. })),
@@ -453,30 +496,33 @@ impl<M: crate::Message> GatherJob<M> {
         // result never sees its own request still counted
         drop(admitted);
         let detail = take_detail(&mut head);
-        let shared = &self.shared;
-        let slot = &self.slot;
-        match (result.clone(), escalation, broadcast) {
-            (Ok(_), Some(esc), false) => shared.escalate_from(slot, &self.escalate_to, head, esc),
-            (Ok(reply), _, _) => shared.complete(slot, head, reply),
-            (Err(e), _, _) => shared.fail_as(slot, head, &e.to_string(), FailureKind::Routing),
+        let gathered = detail.is_some().then(|| result.clone());
+        match (result, escalation, broadcast) {
+            (Ok(_), Some(esc), false) => shared.escalate_from(&slot, &escalate_to, head, esc),
+            (Ok(reply), _, _) => shared.complete(&slot, head, reply),
+            (Err(e), _, _) => shared.fail_as(&slot, head, &e.to_string(), FailureKind::Routing),
         }
-        send_detail(
-            detail,
-            Gathered {
-                result,
-                branches: reports,
-                elapsed,
-            },
-        );
+        if let Some(result) = gathered {
+            send_detail(
+                detail,
+                Gathered {
+                    result,
+                    branches: reports,
+                    elapsed,
+                },
+            );
+        }
+        // the request is done last: a stop waiting for it finds it resolved
+        drop(running);
     }
 
     fn health(&self, k: usize, ok: bool) {
         // without a breaker there is nothing to record (and no clock to read)
-        let Some(breaker) = self.inner.cfg.breaker.as_ref() else {
+        let Some(breaker) = self.admitted.0.cfg.breaker.as_ref() else {
             return;
         };
-        let w = self.pending[k].worker;
-        if let Some(worker) = self.inner.workers.get(w) {
+        let w = self.reports[k].worker;
+        if let Some(worker) = self.admitted.0.workers.get(w) {
             worker.health.finish(Some(breaker), self.shared.now(), ok);
         }
     }
@@ -484,8 +530,8 @@ impl<M: crate::Message> GatherJob<M> {
     /// A discarded branch neither proves nor disproves the worker's health; release a
     /// half-open trial it may hold by treating it as a success only if it was one.
     fn health_discard(&self, k: usize) {
-        let w = self.pending[k].worker;
-        if let Some(worker) = self.inner.workers.get(w) {
+        let w = self.reports[k].worker;
+        if let Some(worker) = self.admitted.0.workers.get(w) {
             worker.health.release_trial();
         }
     }

@@ -217,13 +217,11 @@ pub(crate) fn decide<M: Clone>(
     branches: &[BranchReport<M>],
     arrival: &[usize],
 ) -> Result<Option<M>, GatherError> {
-    let answers: Vec<&M> = branches
-        .iter()
-        .filter_map(|b| match &b.status {
-            BranchStatus::Answered(Some(m)) => Some(m),
-            _ => None,
-        })
-        .collect();
+    let mut answers: Vec<&M> = Vec::with_capacity(branches.len());
+    answers.extend(branches.iter().filter_map(|b| match &b.status {
+        BranchStatus::Answered(Some(m)) => Some(m),
+        _ => None,
+    }));
     let answered = answers.len();
     let tally = |needed: usize| {
         let c = |f: fn(&BranchStatus<M>) -> bool| branches.iter().filter(|b| f(&b.status)).count();

@@ -99,7 +99,8 @@ pub(crate) fn pick<M>(
     };
     let one = match route {
         Route::Broadcast => {
-            let all: Vec<usize> = (0..n).filter(|&i| eligible(i)).collect();
+            let mut all = Vec::with_capacity(n);
+            all.extend((0..n).filter(|&i| eligible(i)));
             return if all.is_empty() {
                 Err(PickError::NoneEligible)
             } else {
