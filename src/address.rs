@@ -147,7 +147,9 @@ impl<M: Send + 'static> Slot<M> {
     }
 
     /// Take a new task in place, as [`Slot::deliver`] would deliver it: refused if the
-    /// slot is closed, and counted in and settled here as a mailbox message would be.
+    /// slot is closed. Not counted in the mailbox's `enqueued` and `settled`: it is
+    /// never in the mailbox, and a kill's count of what the mailbox lost
+    /// ([`Slot::detach`]) must not include a request its sender is still starting.
     /// Gives the task back if this slot does not take tasks in place.
     fn take_task(
         self: &Arc<Self>,
@@ -160,17 +162,9 @@ impl<M: Send + 'static> Slot<M> {
         if let Some(reason) = self.read().closed() {
             return Err((NodeMsg::Task(task), Some(reason.clone())));
         }
-        crate::accounting::add(&self.stats.tx.enqueued, 1);
-        match intake.take(self, shared, task) {
-            Ok(()) => {
-                self.settle();
-                Ok(())
-            }
-            Err(task) => {
-                self.stats.tx.enqueued.fetch_sub(1, Ordering::AcqRel);
-                Err((NodeMsg::Task(task), None))
-            }
-        }
+        intake
+            .take(self, shared, task)
+            .map_err(|task| (NodeMsg::Task(task), None))
     }
 
     /// Count a router's or pipeline's requests in flight in detached tasks toward its

@@ -132,11 +132,13 @@ impl Runs {
     }
 
     /// A request resolved in place, not by a task (a router's gather): as
-    /// [`Runs::start`], and a hard stop ends it with [`Abort::abort`].
-    pub(crate) fn start_open(&self, request: Arc<dyn Abort>) -> RunGuard {
-        let i = {
+    /// [`Runs::start`], and a hard stop ends it with [`Abort::abort`]. True with it if
+    /// a hard stop began before it joined the list (the caller ends it: the stop's
+    /// list no longer will).
+    pub(crate) fn start_open(&self, request: Arc<dyn Abort>) -> (RunGuard, bool) {
+        let (i, aborted) = {
             let mut r = self.inner.registry();
-            match r.free.pop() {
+            let i = match r.free.pop() {
                 Some(i) => {
                     r.open[i] = Some(request);
                     i
@@ -145,11 +147,14 @@ impl Runs {
                     r.open.push(Some(request));
                     r.open.len() - 1
                 }
-            }
+            };
+            // read under the lock: a stop raises the flag before it takes the list
+            // under this lock, so either it lists this request or this sees the flag
+            (i, *self.inner.abort.borrow())
         };
         let mut guard = self.start();
         guard.registered = Some(i);
-        guard
+        (guard, aborted)
     }
 
     /// A chained pipeline run, carried from stage to stage by its own task: it counts
@@ -213,18 +218,6 @@ pub(crate) trait Lead<M>: Send + Sync + 'static {
     /// "router" or "pipeline", for messages.
     const KIND: &'static str;
 
-    /// Taken in place: a new task is started on its sender's thread
-    /// ([`Intake`]) instead of through the lead's mailbox, one hop less. Right for a
-    /// lead whose request is quick and needs no state of the lead's actor.
-    const IN_PLACE: bool;
-
-    /// Can a request be taken in place on this thread? (A router with a deadline
-    /// needs a tokio runtime for its timer; a sender outside one goes through the
-    /// mailbox.)
-    fn in_place_here(&self) -> bool {
-        true
-    }
-
     /// A new incarnation starts (and at a reset): set up what the requests need.
     fn init(&self, node: &LeadNode<'_, M>);
 
@@ -266,7 +259,8 @@ impl<M> OwnedNode<M> {
     }
 }
 
-/// A lead that takes new tasks in place ([`Lead::IN_PLACE`]), kept in its slot.
+/// A lead that takes new tasks in place, on their senders' threads, instead of through
+/// its mailbox (one hop less); kept in its slot.
 pub(crate) trait Intake<M>: Send + Sync {
     /// Take `task`, sent to `slot` (open when the sender looked), on the sender's
     /// thread: the task is resolved exactly once, now or later. Gives it back if it
@@ -280,7 +274,9 @@ pub(crate) trait Intake<M>: Send + Sync {
 }
 
 struct LeadIntake<M, L> {
-    lead: Arc<L>,
+    /// Weak: the lead may hold its own slot (a pipeline's `home`), and the intake is
+    /// kept in that slot. Gone only when the hierarchy is.
+    lead: std::sync::Weak<L>,
     escalate_to: Arc<Slot<M>>,
 }
 
@@ -291,15 +287,15 @@ impl<M: crate::Message, L: Lead<M>> Intake<M> for LeadIntake<M, L> {
         shared: &Arc<Shared<M>>,
         task: Task<M>,
     ) -> Result<(), Task<M>> {
-        if !self.lead.in_place_here() {
+        let Some(lead) = self.lead.upgrade() else {
             return Err(task);
-        }
+        };
         let node = LeadNode {
             slot,
             shared,
             escalate_to: &self.escalate_to,
         };
-        take_task(&self.lead, &node, None, task);
+        take_task(&lead, &node, None, task);
         Ok(())
     }
 }
@@ -394,14 +390,12 @@ impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
             escalate_to: args.escalate_to,
         };
         self.lead.init(&node.node());
-        if L::IN_PLACE {
-            // from now on new tasks are taken on their senders' threads (set once: a
-            // later incarnation finds it there)
-            node.slot.take_in_place(Box::new(LeadIntake {
-                lead: self.lead.clone(),
-                escalate_to: node.escalate_to.clone(),
-            }));
-        }
+        // from now on new tasks are taken on their senders' threads (set once: a later
+        // incarnation finds it there)
+        node.slot.take_in_place(Box::new(LeadIntake {
+            lead: Arc::downgrade(&self.lead),
+            escalate_to: node.escalate_to.clone(),
+        }));
         Ok(LeadState {
             node,
             stopping: None,

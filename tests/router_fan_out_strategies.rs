@@ -403,8 +403,8 @@ async fn classify_follows_the_user_function_and_refuses_an_index_out_of_range() 
 
 /// A router's requests are routed on their senders' threads; a sender outside any
 /// tokio runtime (a plain thread calling `send`) is routed all the same, with or
-/// without a deadline (whose timer needs a runtime: such a request goes through the
-/// router's mailbox), and round-robin still deals the requests out evenly.
+/// without a deadline (whose timer is a task, spawned on the hierarchy's runtime), and
+/// round-robin still deals the requests out evenly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_outside_a_runtime_are_routed_with_or_without_a_deadline() {
     for deadline in [None, Some(std::time::Duration::from_secs(30))] {

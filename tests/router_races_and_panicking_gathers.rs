@@ -117,3 +117,34 @@ async fn a_panicking_merge_loses_the_request_and_leaks_admission() {
         trail: vec![],
     };
 }
+
+/// A router picks its workers on the sender's thread: a classify function that panics
+/// fails that request with the panic's message (counted `rejected`), the sender goes
+/// on, and the counters balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_classifier_fails_its_request_not_the_sender() {
+    let r = Router::builder("r")
+        .workers("w", 2, |_| Echo)
+        .route(Route::classify(|_m: &Msg| -> usize {
+            panic!("classify bug")
+        }))
+        .spawn()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let out = support::within(5, "outcome", r.outcome(Msg::Ask))
+            .await
+            .expect("the router takes the request");
+        match out {
+            Outcome::Failed(f) => {
+                assert!(f.reason.contains("the route function"), "{}", f.reason);
+                assert!(f.reason.contains("classify bug"), "{}", f.reason);
+            }
+            other => panic!("a panicking classifier fails the request, got {other:?}"),
+        }
+    }
+    let c = support::idle(r.hierarchy(), 5).await;
+    assert!(c.is_balanced(), "{c:?}");
+    assert_eq!((c.submitted, c.failed, c.rejected), (2, 2, 2), "{c:?}");
+    let _ = support::within(5, "shutdown", r.shutdown(Duration::from_secs(2))).await;
+}

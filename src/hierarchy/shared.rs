@@ -99,11 +99,28 @@ pub(crate) struct Shared<M> {
     /// True once the hierarchy's actors are stopped (set by `Hierarchy`'s stop paths);
     /// also pinged without a change when the hierarchy fails.
     pub(crate) finished: watch::Sender<bool>,
+    /// The runtime the hierarchy was spawned on: the tasks of requests taken on a
+    /// sender's thread (deadline timers, pipeline runs) go there, whatever runtime, if
+    /// any, the sender is on.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl<M> Shared<M> {
     pub(crate) fn aborting(&self) -> bool {
         self.phase.load(Ordering::Relaxed) >= Phase::Aborting as u8
+    }
+
+    /// Spawn a task of the hierarchy's on its runtime (or the current one, if it was
+    /// built outside any).
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.runtime {
+            Some(rt) => rt.spawn(task),
+            None => tokio::spawn(task),
+        }
     }
 }
 
@@ -124,6 +141,7 @@ impl<M: crate::Message> Shared<M> {
             sink: Mutex::new(None),
             directory,
             finished: watch::channel(false).0,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 

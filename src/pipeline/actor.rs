@@ -47,10 +47,6 @@ pub(crate) struct PipelineShared<M> {
 
 impl<M: crate::Message> Lead<M> for PipelineShared<M> {
     const KIND: &'static str = "pipeline";
-    // its slot is in its own state (`home`): kept in the slot, the intake would keep
-    // the slot alive forever
-    const IN_PLACE: bool = false;
-
     fn runs(&self) -> &crate::lead::Runs {
         &self.runs
     }
@@ -90,7 +86,7 @@ impl<M: crate::Message> Lead<M> for PipelineShared<M> {
         };
         // counted before the task exists, so a stop never misses it
         let running = this.runs.start();
-        tokio::spawn(run.run(head, payload, running));
+        node.shared.spawn(run.run(head, payload, running));
     }
 }
 

@@ -356,7 +356,8 @@ pub(crate) fn start<M: crate::Message>(
                 ports: Mutex::new(Some(ports)),
                 done: Notify::new(),
             });
-            tokio::spawn(deadline_timer(p.clone(), w.clone(), head.id));
+            node.shared
+                .spawn(deadline_timer(p.clone(), w.clone(), head.id));
             Answer::Watched(w)
         }
     };
@@ -621,7 +622,8 @@ fn enter<M: crate::Message>(
             let home = link.p.home.get();
             match home.and_then(|h| h.shared.upgrade().map(|s| (s, h.slot.clone()))) {
                 Some((shared, slot)) => {
-                    tokio::spawn(run_function(shared, slot, head, f, input));
+                    let run = run_function(shared.clone(), slot, head, f, input);
+                    shared.spawn(run);
                 }
                 None => {
                     let err = RunError::Stopped {

@@ -52,15 +52,8 @@ impl<M: crate::Message> RouterShared<M> {
 
 impl<M: crate::Message> Lead<M> for RouterShared<M> {
     const KIND: &'static str = "router";
-    const IN_PLACE: bool = true;
-
     fn runs(&self) -> &crate::lead::Runs {
         &self.runs
-    }
-
-    fn in_place_here(&self) -> bool {
-        // the deadline's timer is a tokio task
-        self.cfg.deadline.is_none() || tokio::runtime::Handle::try_current().is_ok()
     }
 
     fn init(&self, node: &LeadNode<'_, M>) {
@@ -89,7 +82,9 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
             .as_ref()
             .map_or(Duration::ZERO, |_| node.shared.now());
         let cap = cfg.max_in_flight;
-        let picked = {
+        // user code (a key or classify function) on the sender's thread: a panic fails
+        // this request, not the sender
+        let picked = crate::panic::catch(|| {
             let mut cursor = this.cursor();
             let cursor = cursor.get_or_insert_with(|| Cursor {
                 next: 0,
@@ -107,10 +102,16 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
                     cap.is_none_or(|c| load(w) < c) && w.health.admit(cfg.breaker.as_ref(), now)
                 },
             )
-        };
+        });
         let chosen = match picked {
-            Ok(c) => c,
-            Err(e) => {
+            Ok(Ok(c)) => c,
+            Err(p) => {
+                bump(&node.slot.stats.own.rare().rejected);
+                let err = GatherError::NoWorker(format!("the route function {p}"));
+                finish_without_branches(node.shared, node.slot, head, err, started);
+                return;
+            }
+            Ok(Err(e)) => {
                 bump(&node.slot.stats.own.rare().rejected);
                 let why = match e {
                     PickError::NoneEligible => {
@@ -179,17 +180,24 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
             running: None,
             timer: None,
         });
-        let mut unsent = Vec::new();
+        let mut unsent: Vec<(usize, String)> = Vec::new();
         let mut spare = Some(payload);
         for (k, &i) in chosen.iter().enumerate() {
             let w = &this.workers[i];
             let msg = if k + 1 == n {
                 spare.take()
             } else {
-                spare.clone()
+                // user code (Clone) on the sender's thread: a panic fails this branch
+                match crate::panic::catch(|| spare.clone()) {
+                    Ok(m) => m,
+                    Err(p) => {
+                        unsent.push((k, format!("cloning the request for it {p}")));
+                        continue;
+                    }
+                }
             };
             let Some(msg) = msg else {
-                unsent.push(k);
+                unsent.push((k, "echelon lost the request's payload".to_string()));
                 continue;
             };
             let wref = AgentRef {
@@ -200,13 +208,17 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
                 .submit_branch(msg, arrivals.port(k), budget.clone())
                 .is_err()
             {
-                unsent.push(k);
+                unsent.push((k, "the worker is closed".to_string()));
             }
         }
         // counted before it can be decided, so a stop never misses it
-        let running = this.runs.start_open(arrivals.clone());
+        let (running, aborted) = this.runs.start_open(arrivals.clone());
         let deadline = cfg.deadline.and_then(|d| started.map(|s| s + d));
         arrivals.dispatched(&unsent, running, deadline);
+        if aborted {
+            // a hard stop took its list of open requests before this one joined it
+            arrivals.end(End::Aborted);
+        }
     }
 }
 
@@ -293,6 +305,11 @@ pub(crate) struct GatherJob<M> {
 }
 
 impl<M: crate::Message> GatherJob<M> {
+    /// The request's hierarchy.
+    pub(super) fn shared(&self) -> &Arc<Shared<M>> {
+        &self.shared
+    }
+
     /// Enough is in to decide (the router may still be sending branches).
     fn decided(&self) -> bool {
         let cfg = &self.admitted.0.cfg;
@@ -338,13 +355,26 @@ impl<M: crate::Message> GatherJob<M> {
                 payload,
                 trail,
             }) => {
-                self.escalation.get_or_insert(BranchEscalation {
-                    severity,
-                    reason: reason.clone(),
-                    origin,
-                    payload,
-                    trail,
-                });
+                // the first escalation is the one mirrored; a later one's payload is
+                // given back, to be dropped outside the lock (user code)
+                if self.escalation.is_none() {
+                    self.escalation = Some(BranchEscalation {
+                        severity,
+                        reason: reason.clone(),
+                        origin,
+                        payload,
+                        trail,
+                    });
+                } else {
+                    self.ended(k, BranchStatus::Escalated { severity, reason });
+                    return Some(Outcome::Escalated {
+                        severity,
+                        reason: String::new(),
+                        origin,
+                        payload,
+                        trail,
+                    });
+                }
                 BranchStatus::Escalated { severity, reason }
             }
             Some(Outcome::Failed(f)) => BranchStatus::Failed(f.reason),
@@ -371,25 +401,30 @@ impl<M: crate::Message> GatherJob<M> {
         report.status = status;
     }
 
-    /// The router is done sending: the branches in `unsent` could not be sent.
-    pub(super) fn dispatched(&mut self, unsent: &[usize], running: crate::lead::RunGuard) {
-        const CLOSED: &str = "the worker is closed";
-        for &k in unsent {
+    /// The router is done sending: the branches in `unsent` could not be sent, each
+    /// for its reason.
+    pub(super) fn dispatched(
+        &mut self,
+        unsent: &[(usize, String)],
+        running: crate::lead::RunGuard,
+    ) {
+        for (k, why) in unsent {
+            let k = *k;
             let Some(report) = self.reports.get(k) else {
                 continue;
             };
             if matches!(report.status, BranchStatus::Discarded) {
                 // no port reached the worker, and none said so yet
                 self.left -= 1;
-                self.ended(k, BranchStatus::Failed(CLOSED.to_string()));
+                self.ended(k, BranchStatus::Failed(why.clone()));
             } else {
                 // its port said "lost" from its drop when the send failed: it was
                 // never sent at all
                 let path = report.path.clone();
-                self.reports[k].status = BranchStatus::Failed(CLOSED.to_string());
+                self.reports[k].status = BranchStatus::Failed(why.clone());
                 if let Some(GatherError::BranchFailed { worker, reason }) = &mut self.fail_fast {
                     if *worker == path {
-                        *reason = CLOSED.to_string();
+                        reason.clone_from(why);
                     }
                 }
             }

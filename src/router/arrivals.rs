@@ -66,19 +66,21 @@ impl<M: crate::Message> Arrivals<M> {
         self.job.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The router has sent every branch it could; `unsent` lists those it could not.
+    /// The router has sent every branch it could; `unsent` lists those it could not, with
+    /// why.
     /// From now on the gather can be decided: now, if its branches already did, or at
     /// a later arrival, the deadline (a timer is started for it) or a hard stop.
     pub(crate) fn dispatched(
         self: &Arc<Self>,
-        unsent: &[usize],
+        unsent: &[(usize, String)],
         running: RunGuard,
         deadline: Option<Instant>,
     ) {
         let over = {
             let mut cell = self.lock();
             let Some(job) = cell.as_mut() else {
-                // cannot happen (only this call ends the dispatching); nothing to do
+                // ended already (only by a hard stop: nothing else ends a gather still
+                // dispatching); `running` goes with this call
                 return;
             };
             job.dispatched(unsent, running);
@@ -87,7 +89,7 @@ impl<M: crate::Message> Arrivals<M> {
             } else {
                 if let Some(d) = deadline {
                     let me = self.clone();
-                    let timer = tokio::spawn(async move {
+                    let timer = job.shared().spawn(async move {
                         tokio::time::sleep_until(d).await;
                         me.end(End::Expired);
                     });
