@@ -49,8 +49,8 @@ struct Extras<M> {
     /// For a router or pipeline: its requests in flight in detached tasks, which count
     /// toward its capacity although its mailbox has settled them.
     in_flight: OnceLock<Arc<AtomicU64>>,
-    /// For a router: new tasks are taken here, on the sender's thread, not through
-    /// the mailbox.
+    /// For a router or pipeline: new tasks are taken here, on the sender's thread, not
+    /// through the mailbox.
     in_place: OnceLock<Box<dyn crate::lead::Intake<M>>>,
 }
 
@@ -146,25 +146,46 @@ impl<M: Send + 'static> Slot<M> {
         self.extras.get()?.in_place.get().map(|b| &**b)
     }
 
-    /// Take a new task in place, as [`Slot::deliver`] would deliver it: refused if the
-    /// slot is closed. Not counted in the mailbox's `enqueued` and `settled`: it is
-    /// never in the mailbox, and a kill's count of what the mailbox lost
+    /// Hand new work to this slot: to its lead's intake on this thread if it takes
+    /// work in place ([`crate::lead::Intake`]), in order, else to its mailbox
+    /// ([`Slot::deliver`]). Refused, with the work given back, if the slot is closed.
+    ///
+    /// Work taken in place is not counted in the mailbox's `enqueued` and `settled`: it
+    /// never is in the mailbox, and a kill's count of what the mailbox lost
     /// ([`Slot::detach`]) must not include a request its sender is still starting.
-    /// Gives the task back if this slot does not take tasks in place.
-    fn take_task(
+    pub(crate) fn hand(
         self: &Arc<Self>,
         shared: &Arc<Shared<M>>,
-        task: Task<M>,
-    ) -> Result<(), (NodeMsg<M>, Option<Arc<str>>)> {
+        msg: NodeMsg<M>,
+    ) -> Result<(), (NodeMsg<M>, Arc<str>)>
+    where
+        M: crate::Message,
+    {
         let Some(intake) = self.in_place() else {
-            return Err((NodeMsg::Task(task), None));
+            return self.deliver(msg);
         };
         if let Some(reason) = self.read().closed() {
-            return Err((NodeMsg::Task(task), Some(reason.clone())));
+            return Err((msg, reason.clone()));
         }
-        intake
-            .take(self, shared, task)
-            .map_err(|task| (NodeMsg::Task(task), None))
+        match msg {
+            NodeMsg::Task(task) => match intake.take(self, shared, task) {
+                Ok(()) => Ok(()),
+                Err(task) => self.deliver(NodeMsg::Task(task)),
+            },
+            NodeMsg::Batch(batch) => {
+                // one by one, in order: a batch keeps its place among the sender's
+                // other sends
+                for task in batch {
+                    if let Err(task) = intake.take(self, shared, task) {
+                        if let Err((m, why)) = self.deliver(NodeMsg::Task(task)) {
+                            crate::agent::actor::refuse(shared, self, m, &why);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            other => self.deliver(other),
+        }
     }
 
     /// Count a router's or pipeline's requests in flight in detached tasks toward its
@@ -203,6 +224,17 @@ impl<M: Send + 'static> Slot<M> {
         }
     }
 
+    /// The work waiting or being done here: the mailbox's depth, and for a router or
+    /// pipeline its requests in flight (taken in place, never in the mailbox).
+    pub(crate) fn load(&self) -> u64 {
+        let extra = self
+            .extras
+            .get()
+            .and_then(|e| e.in_flight.get())
+            .map_or(0, |a| a.load(Ordering::Acquire));
+        self.stats.unsettled() + extra
+    }
+
     /// Is there no room for `n` more tasks of external work? Gives the capacity if so.
     ///
     /// The capacity counts tasks, not mailbox messages: `n` tasks need `n` free places.
@@ -213,13 +245,7 @@ impl<M: Send + 'static> Slot<M> {
         match self.capacity.load(Ordering::Relaxed) {
             0 => None,
             cap => {
-                let extra = self
-                    .extras
-                    .get()
-                    .and_then(|e| e.in_flight.get())
-                    .map_or(0, |a| a.load(Ordering::Acquire));
-                let load =
-                    self.stats.unsettled() + self.pending_len.load(Ordering::Acquire) + extra;
+                let load = self.load() + self.pending_len.load(Ordering::Acquire);
                 (load > 0 && load.saturating_add(n) > cap).then_some(cap)
             }
         }
@@ -539,7 +565,7 @@ impl<M: crate::Message> AgentRef<M> {
             return Err(SendError::ShuttingDown { msg: msgs });
         }
         let batch = Batch::new(self.slot.uid, first, msgs);
-        match self.slot.deliver(NodeMsg::Batch(batch)) {
+        match self.slot.hand(&self.shared, NodeMsg::Batch(batch)) {
             Ok(()) => Ok(BatchIds {
                 uid: self.slot.uid,
                 first,
@@ -695,12 +721,7 @@ impl<M: crate::Message> AgentRef<M> {
         let id = TaskId::at(self.slot.uid, seq);
         let mut task = Task::new(id, msg, reply);
         prepare(&mut task.head);
-        let delivered = match self.slot.take_task(&self.shared, task) {
-            Ok(()) => Ok(()),
-            Err((back, Some(reason))) => Err((back, reason)),
-            Err((back, None)) => self.slot.deliver(back),
-        };
-        match delivered {
+        match self.slot.hand(&self.shared, NodeMsg::Task(task)) {
             Ok(()) => Ok(id),
             Err((back, reason)) => {
                 tx.withdrawn.fetch_add(1, Ordering::SeqCst);

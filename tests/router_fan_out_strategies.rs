@@ -403,12 +403,14 @@ async fn classify_follows_the_user_function_and_refuses_an_index_out_of_range() 
 
 /// A router's requests are routed on their senders' threads; a sender outside any
 /// tokio runtime (a plain thread calling `send`) is routed all the same, with or
-/// without a deadline (whose timer is a task, spawned on the hierarchy's runtime), and
-/// round-robin still deals the requests out evenly.
+/// without a deadline, and round-robin still deals the requests out evenly. With a
+/// deadline, the workers hold every request until all three have one, so each
+/// request's gather is still open when its branch is sent and starts its deadline's
+/// timer, a task spawned from the plain thread (onto the hierarchy's runtime).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_outside_a_runtime_are_routed_with_or_without_a_deadline() {
     for deadline in [None, Some(std::time::Duration::from_secs(30))] {
-        let rig = rig(3, |b| {
+        let mut rig = rig(3, |b| {
             let b = b.route(Route::RoundRobin);
             match deadline {
                 Some(d) => b.deadline(d),
@@ -417,10 +419,15 @@ async fn senders_outside_a_runtime_are_routed_with_or_without_a_deadline() {
         })
         .await;
         let entry = rig.router.entry().clone();
+        let msg = if deadline.is_some() {
+            Msg::Hold
+        } else {
+            req(0)
+        };
         let sender = std::thread::spawn(move || {
             assert!(tokio::runtime::Handle::try_current().is_err());
             (0..6)
-                .map(|k| entry.send(req(k)).is_ok())
+                .map(|_| entry.send(msg.clone()).is_ok())
                 .collect::<Vec<bool>>()
         });
         let sent = within(
@@ -432,8 +439,19 @@ async fn senders_outside_a_runtime_are_routed_with_or_without_a_deadline() {
         .expect("join")
         .expect("the plain thread's sends do not panic");
         assert_eq!(sent, vec![true; 6], "deadline {deadline:?}");
+        if deadline.is_some() {
+            let mut held = BTreeSet::new();
+            while held.len() < 3 {
+                let i = within(5, "a held request", rig.entered.recv())
+                    .await
+                    .expect("a worker holds a request");
+                held.insert(i);
+            }
+            rig.gate.open();
+        }
         let c = idle(rig.router.hierarchy(), 5).await;
         assert_eq!((c.submitted, c.completed, c.failed), (12, 12, 0), "{c:?}");
+        assert_eq!(c.timed_out, 0, "{c:?}");
         for i in 0..3 {
             let w = rig.router.worker(i).expect("worker").counters();
             assert_eq!(w.completed, 2, "worker {i}, deadline {deadline:?}: {w:?}");
@@ -447,4 +465,42 @@ async fn senders_outside_a_runtime_are_routed_with_or_without_a_deadline() {
             .await,
         );
     }
+}
+
+/// Batches and single sends from one sender keep their order through a router: a
+/// batch is routed task by task in its place among the sender's sends, so key-sticky
+/// order holds across `send_batch`, `send` and `send_batch` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_and_single_sends_keep_one_order() {
+    let rig = rig(2, |b| {
+        b.route(Route::key_sticky(|m: &Msg| match m {
+            Msg::Req { key, .. } => *key,
+            _ => u32::MAX,
+        }))
+    })
+    .await;
+    let entry = rig.router.entry();
+    let r = |seq| Msg::Req { key: 7, seq };
+    entry.send_batch(vec![r(0), r(1), r(2)]).expect("batch 1");
+    entry.send(r(3)).expect("send");
+    entry.send_batch(vec![r(4), r(5)]).expect("batch 2");
+    entry.send(r(6)).expect("send");
+    let c = idle(rig.router.hierarchy(), 5).await;
+    assert_eq!((c.submitted, c.completed), (14, 14), "{c:?}");
+    let seqs: Vec<u32> = rig
+        .log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(seqs, (0..7).collect::<Vec<u32>>(), "one sender's order");
+    drop(
+        within(
+            5,
+            "shutdown",
+            rig.router.shutdown(std::time::Duration::from_secs(2)),
+        )
+        .await,
+    );
 }

@@ -579,7 +579,8 @@ impl<A: Agent> AgentState<A> {
                 }
                 head.attempt = 0;
                 let task = Task { head, payload: msg };
-                if let Err((NodeMsg::Task(t), why)) = to.slot.deliver(NodeMsg::Task(task)) {
+                if let Err((NodeMsg::Task(t), why)) = to.slot.hand(&to.shared, NodeMsg::Task(task))
+                {
                     let reason = format!(
                         "could not forward from {} to {}: {why}",
                         slot.path, to.slot.path

@@ -110,8 +110,8 @@ impl<M> Shared<M> {
         self.phase.load(Ordering::Relaxed) >= Phase::Aborting as u8
     }
 
-    /// Spawn a task of the hierarchy's on its runtime (or the current one, if it was
-    /// built outside any).
+    /// Spawn a task of the hierarchy's on its runtime. (A hierarchy is always built
+    /// inside one: its actors are tokio tasks; the current runtime is the fallback.)
     pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: std::future::Future + Send + 'static,

@@ -12,7 +12,7 @@ use super::arrivals::{Arrivals, End};
 use super::breaker::Health;
 use super::gather::{decide, BranchReport, BranchStatus, Gather, GatherError, Gathered, Partial};
 use super::strategy::{pick, PickError};
-use super::RouterConfig;
+use super::{Route, RouterConfig};
 use crate::accounting::bump;
 use crate::address::{AgentRef, Slot};
 use crate::envelope::{BranchEscalation, Decision, Detail, FailureKind, Outcome, TaskHead};
@@ -44,8 +44,8 @@ pub(crate) struct Cursor {
 
 impl<M: crate::Message> RouterShared<M> {
     fn cursor(&self) -> MutexGuard<'_, Option<Cursor>> {
-        // a pick cannot panic while holding it (no user code); a poisoned cursor is
-        // still a valid one
+        // held only for round-robin and random picks (no user code); a poisoned
+        // cursor is still a valid one
         self.cursor.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -82,26 +82,41 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
             .as_ref()
             .map_or(Duration::ZERO, |_| node.shared.now());
         let cap = cfg.max_in_flight;
+        let n_workers = this.workers.len();
+        let load_of = |i: usize| load(&this.workers[i]);
+        let mut eligible = |i: usize| {
+            let w = &this.workers[i];
+            cap.is_none_or(|c| load(w) < c) && w.health.admit(cfg.breaker.as_ref(), now)
+        };
         // user code (a key or classify function) on the sender's thread: a panic fails
-        // this request, not the sender
-        let picked = crate::panic::catch(|| {
-            let mut cursor = this.cursor();
-            let cursor = cursor.get_or_insert_with(|| Cursor {
-                next: 0,
-                rng: node.rng(),
-            });
-            pick(
+        // this request, not the sender; and it runs outside the cursor's lock, which
+        // only round-robin and random need
+        let picked = crate::panic::catch(|| match &cfg.route {
+            Route::RoundRobin | Route::Random => {
+                let mut cursor = this.cursor();
+                let cursor = cursor.get_or_insert_with(|| Cursor {
+                    next: 0,
+                    rng: node.rng(),
+                });
+                pick(
+                    &cfg.route,
+                    &payload,
+                    n_workers,
+                    &mut cursor.next,
+                    &mut cursor.rng,
+                    load_of,
+                    &mut eligible,
+                )
+            }
+            _ => pick(
                 &cfg.route,
                 &payload,
-                this.workers.len(),
-                &mut cursor.next,
-                &mut cursor.rng,
-                |i| load(&this.workers[i]),
-                |i| {
-                    let w = &this.workers[i];
-                    cap.is_none_or(|c| load(w) < c) && w.health.admit(cfg.breaker.as_ref(), now)
-                },
-            )
+                n_workers,
+                &mut 0,
+                &mut super::strategy::NoRng,
+                load_of,
+                &mut eligible,
+            ),
         });
         let chosen = match picked {
             Ok(Ok(c)) => c,
@@ -231,8 +246,8 @@ impl<M> Drop for Admitted<M> {
     }
 }
 
-fn load<M>(w: &Worker<M>) -> u32 {
-    u32::try_from(w.slot.stats.unsettled()).unwrap_or(u32::MAX)
+fn load<M: Send + 'static>(w: &Worker<M>) -> u32 {
+    u32::try_from(w.slot.load()).unwrap_or(u32::MAX)
 }
 
 /// A request that failed before any branch was sent.

@@ -147,6 +147,22 @@ pub(crate) fn pick<M>(
     one.map(|i| vec![i]).ok_or(PickError::NoneEligible)
 }
 
+/// The randomness of a pick whose route draws none (all but [`Route::Random`]): it is
+/// never asked for a number; if it were, it would give zeros.
+pub(crate) struct NoRng;
+
+impl rand::RngCore for NoRng {
+    fn next_u32(&mut self) -> u32 {
+        0
+    }
+    fn next_u64(&mut self) -> u64 {
+        0
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        dest.fill(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
