@@ -153,6 +153,7 @@ impl<M: Send + 'static> Slot<M> {
     /// Work taken in place is not counted in the mailbox's `enqueued` and `settled`: it
     /// never is in the mailbox, and a kill's count of what the mailbox lost
     /// ([`Slot::detach`]) must not include a request its sender is still starting.
+    #[inline]
     pub(crate) fn hand(
         self: &Arc<Self>,
         shared: &Arc<Shared<M>>,
@@ -161,9 +162,23 @@ impl<M: Send + 'static> Slot<M> {
     where
         M: crate::Message,
     {
-        let Some(intake) = self.in_place() else {
-            return self.deliver(msg);
-        };
+        match self.in_place() {
+            None => self.deliver(msg),
+            Some(intake) => self.hand_in_place(intake, shared, msg),
+        }
+    }
+
+    /// [`Slot::hand`] to a lead that takes work in place.
+    #[inline(never)]
+    fn hand_in_place(
+        self: &Arc<Self>,
+        intake: &dyn crate::lead::Intake<M>,
+        shared: &Arc<Shared<M>>,
+        msg: NodeMsg<M>,
+    ) -> Result<(), (NodeMsg<M>, Arc<str>)>
+    where
+        M: crate::Message,
+    {
         if let Some(reason) = self.read().closed() {
             return Err((msg, reason.clone()));
         }

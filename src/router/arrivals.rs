@@ -33,14 +33,15 @@ pub(crate) enum End {
     Aborted,
 }
 
-/// Where a branch's outcome goes: the gather of its request.
-pub(crate) trait Inbox<M>: Send + Sync {
-    /// Branch `k` ended: with its outcome, or (`None`) without one.
-    fn arrive(&self, k: u32, outcome: Option<Outcome<M>>);
-}
+/// Applies branch `k`'s end (its outcome, or `None`: it ended without one).
+type Arrive<M> = fn(&Arrivals<M>, u32, Option<Outcome<M>>);
 
 /// The shared state of one gather: the gather itself until it is decided, `None` after.
 pub(crate) struct Arrivals<M> {
+    /// [`Arrivals::arrive`], kept here so that a branch's port can call it without
+    /// knowing `M` is a message, through a thin pointer (the port is in every task
+    /// head: a trait object would make it, and every head, 8 bytes larger).
+    arrive: Arrive<M>,
     job: Mutex<Option<GatherJob<M>>>,
 }
 
@@ -48,15 +49,15 @@ impl<M: crate::Message> Arrivals<M> {
     /// A gather in the making: it cannot be decided before [`Arrivals::dispatched`].
     pub(crate) fn new(job: GatherJob<M>) -> Arc<Self> {
         Arc::new(Arrivals {
+            arrive: Self::arrive,
             job: Mutex::new(Some(job)),
         })
     }
 
     /// The reply port of branch `k`.
     pub(crate) fn port(self: &Arc<Self>, k: usize) -> BranchReply<M> {
-        let to: Arc<dyn Inbox<M>> = self.clone();
         BranchReply {
-            to: Some(to),
+            to: Some(self.clone()),
             k: u32::try_from(k).unwrap_or(u32::MAX),
         }
     }
@@ -112,7 +113,8 @@ impl<M: crate::Message> Arrivals<M> {
     }
 }
 
-impl<M: crate::Message> Inbox<M> for Arrivals<M> {
+impl<M: crate::Message> Arrivals<M> {
+    /// Branch `k` ended: with its outcome, or (`None`) without one.
     fn arrive(&self, k: u32, outcome: Option<Outcome<M>>) {
         let (over, ignored) = {
             let mut cell = self.lock();
@@ -142,7 +144,7 @@ impl<M: crate::Message> Abort for Arrivals<M> {
 /// A branch's reply port: answers once, or says from its `Drop` that the branch ended
 /// without an answer.
 pub(crate) struct BranchReply<M> {
-    to: Option<Arc<dyn Inbox<M>>>,
+    to: Option<Arc<Arrivals<M>>>,
     k: u32,
 }
 
@@ -150,7 +152,7 @@ impl<M> BranchReply<M> {
     /// The branch's outcome.
     pub(crate) fn send(mut self, outcome: Outcome<M>) {
         if let Some(to) = self.to.take() {
-            to.arrive(self.k, Some(outcome));
+            (to.arrive)(&to, self.k, Some(outcome));
         }
     }
 }
@@ -158,7 +160,7 @@ impl<M> BranchReply<M> {
 impl<M> Drop for BranchReply<M> {
     fn drop(&mut self) {
         if let Some(to) = self.to.take() {
-            to.arrive(self.k, None);
+            (to.arrive)(&to, self.k, None);
         }
     }
 }
