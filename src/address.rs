@@ -681,12 +681,8 @@ impl<M: crate::Message> AgentRef<M> {
         reply: impl Into<Reply<M>>,
         budget: Option<Arc<crate::budget::Budget>>,
     ) -> Result<TaskId, SendError<M>> {
-        self.submit_with(msg, Some(reply.into()), false, |h| {
-            h.branch = true;
-            if budget.is_some() {
-                h.meta_mut().budget = budget;
-            }
-        })
+        self.slot
+            .submit_branch(&self.shared, msg, reply.into(), budget)
     }
 
     /// Submit from outside and ask for the router's or pipeline's detailed report.
@@ -723,27 +719,59 @@ impl<M: crate::Message> AgentRef<M> {
         external: bool,
         prepare: impl FnOnce(&mut crate::envelope::TaskHead<M>),
     ) -> Result<TaskId, SendError<M>> {
+        self.slot
+            .submit(&self.shared, msg, reply, external, prepare)
+    }
+}
+
+impl<M: crate::Message> Slot<M> {
+    /// [`AgentRef::submit_branch`] without an `AgentRef`: a router fanning out borrows
+    /// its workers' slots rather than cloning two `Arc`s per branch.
+    pub(crate) fn submit_branch(
+        self: &Arc<Self>,
+        shared: &Arc<Shared<M>>,
+        msg: M,
+        reply: Reply<M>,
+        budget: Option<Arc<crate::budget::Budget>>,
+    ) -> Result<TaskId, SendError<M>> {
+        self.submit(shared, msg, Some(reply), false, |h| {
+            h.branch = true;
+            if budget.is_some() {
+                h.meta_mut().budget = budget;
+            }
+        })
+    }
+
+    /// A new task for this slot ([`AgentRef::submit_with`]).
+    fn submit(
+        self: &Arc<Self>,
+        shared: &Arc<Shared<M>>,
+        msg: M,
+        reply: Option<Reply<M>>,
+        external: bool,
+        prepare: impl FnOnce(&mut crate::envelope::TaskHead<M>),
+    ) -> Result<TaskId, SendError<M>> {
         // Count first, then check the phase (both SeqCst, like `Shared::advance` and the
         // drain check's read of `submitted`): a shutdown either sees this submission and
         // waits for it, or this sender sees the shutdown and withdraws. The count before
         // the increment is the task's sequence number (`offered` never goes down).
-        let tx = &self.slot.stats.tx;
+        let tx = &self.stats.tx;
         let seq = tx.offered.fetch_add(1, Ordering::SeqCst);
-        if external && !self.shared.accepting() {
+        if external && !shared.accepting() {
             tx.withdrawn.fetch_add(1, Ordering::SeqCst);
             return Err(SendError::ShuttingDown { msg });
         }
-        let id = TaskId::at(self.slot.uid, seq);
+        let id = TaskId::at(self.uid, seq);
         let mut task = Task::new(id, msg, reply);
         prepare(&mut task.head);
-        match self.slot.hand(&self.shared, NodeMsg::Task(task)) {
+        match self.hand(shared, NodeMsg::Task(task)) {
             Ok(()) => Ok(id),
             Err((back, reason)) => {
                 tx.withdrawn.fetch_add(1, Ordering::SeqCst);
                 match back {
                     NodeMsg::Task(t) => Err(SendError::Closed {
                         msg: t.payload,
-                        path: self.slot.path.clone(),
+                        path: self.path.clone(),
                         reason: reason.to_string(),
                     }),
                     _ => unreachable_refusal(),

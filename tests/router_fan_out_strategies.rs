@@ -135,6 +135,18 @@ async fn routed_to(router: &RouterHandle<Msg>, msg: Msg) -> usize {
     }
 }
 
+/// Shut the router down, bounded.
+async fn shutdown(router: RouterHandle<Msg>) {
+    drop(
+        within(
+            5,
+            "shutdown",
+            router.shutdown(std::time::Duration::from_secs(2)),
+        )
+        .await,
+    );
+}
+
 fn req(key: u32) -> Msg {
     Msg::Req { key, seq: 0 }
 }
@@ -176,14 +188,7 @@ async fn broadcast_reaches_every_worker_exactly_once() {
         assert_eq!((w.submitted, w.completed), (1, 1), "worker {i}: {w:?}");
     }
     assert!(rig.router.worker(4).is_none());
-    drop(
-        within(
-            5,
-            "shutdown",
-            rig.router.shutdown(std::time::Duration::from_secs(2)),
-        )
-        .await,
-    );
+    shutdown(rig.router).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,14 +209,7 @@ async fn random_sequence(seed: u64, n: u32) -> Vec<usize> {
     for k in 0..n {
         seen.push(routed_to(&rig.router, req(k)).await);
     }
-    drop(
-        within(
-            5,
-            "shutdown",
-            rig.router.shutdown(std::time::Duration::from_secs(2)),
-        )
-        .await,
-    );
+    shutdown(rig.router).await;
     seen
 }
 
@@ -456,14 +454,7 @@ async fn senders_outside_a_runtime_are_routed_with_or_without_a_deadline() {
             let w = rig.router.worker(i).expect("worker").counters();
             assert_eq!(w.completed, 2, "worker {i}, deadline {deadline:?}: {w:?}");
         }
-        drop(
-            within(
-                5,
-                "shutdown",
-                rig.router.shutdown(std::time::Duration::from_secs(2)),
-            )
-            .await,
-        );
+        shutdown(rig.router).await;
     }
 }
 
@@ -495,12 +486,5 @@ async fn batches_and_single_sends_keep_one_order() {
         .map(|e| e.2)
         .collect();
     assert_eq!(seqs, (0..7).collect::<Vec<u32>>(), "one sender's order");
-    drop(
-        within(
-            5,
-            "shutdown",
-            rig.router.shutdown(std::time::Duration::from_secs(2)),
-        )
-        .await,
-    );
+    shutdown(rig.router).await;
 }

@@ -14,7 +14,7 @@ use super::gather::{decide, BranchReport, BranchStatus, Gather, GatherError, Gat
 use super::strategy::{pick, PickError};
 use super::{Route, RouterConfig};
 use crate::accounting::bump;
-use crate::address::{AgentRef, Slot};
+use crate::address::Slot;
 use crate::envelope::{BranchEscalation, Decision, Detail, FailureKind, Outcome, TaskHead};
 use crate::hierarchy::shared::Shared;
 use crate::lead::{Lead, LeadNode};
@@ -158,7 +158,6 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
         }
         let n = chosen.len();
         let gather = &cfg.gather;
-        let broadcast = cfg.route.is_broadcast();
         let reports = chosen
             .iter()
             .map(|&i| BranchReport {
@@ -171,8 +170,6 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
         // counted before the gather exists: it releases the count however it ends
         this.requests.fetch_add(1, Ordering::AcqRel);
         let budget = head.budget().cloned();
-        // only a race or a quorum looks at the order of arrival
-        let ordered = broadcast && matches!(gather, Gather::First | Gather::Quorum(..));
         let arrivals = Arrivals::new(GatherJob {
             admitted: Admitted(this.clone()),
             shared: node.shared.clone(),
@@ -181,12 +178,11 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
             head,
             reports,
             left: n,
-            arrival: if ordered {
+            arrival: if ordered(&cfg.route, gather) {
                 Vec::with_capacity(n)
             } else {
                 Vec::new()
             },
-            ordered,
             answers: 0,
             escalation: None,
             fail_fast: None,
@@ -215,12 +211,8 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
                 unsent.push((k, "echelon lost the request's payload".to_string()));
                 continue;
             };
-            let wref = AgentRef {
-                slot: w.slot.clone(),
-                shared: node.shared.clone(),
-            };
-            if wref
-                .submit_branch(msg, arrivals.port(k), budget.clone())
+            if w.slot
+                .submit_branch(node.shared, msg, arrivals.port(k).into(), budget.clone())
                 .is_err()
             {
                 unsent.push((k, "the worker is closed".to_string()));
@@ -235,6 +227,11 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
             arrivals.end(End::Aborted);
         }
     }
+}
+
+/// Only a race or a quorum decides on the order the answers arrived in.
+fn ordered<M>(route: &Route<M>, gather: &Gather<M>) -> bool {
+    route.is_broadcast() && matches!(gather, Gather::First | Gather::Quorum(..))
 }
 
 /// Holds one unit of a router's admission count; released when dropped.
@@ -302,10 +299,9 @@ pub(crate) struct GatherJob<M> {
     reports: Vec<BranchReport<M>>,
     /// Branches not ended yet.
     left: usize,
-    /// Answered branches in the order they answered, kept only if `ordered` (a race or
-    /// a quorum decides on it).
+    /// Answered branches in the order they answered, kept only if a race or a quorum
+    /// decides on it ([`GatherJob::ordered`]).
     arrival: Vec<usize>,
-    ordered: bool,
     answers: usize,
     escalation: Option<BranchEscalation<M>>,
     fail_fast: Option<GatherError>,
@@ -323,6 +319,12 @@ impl<M: crate::Message> GatherJob<M> {
     /// The request's hierarchy.
     pub(super) fn shared(&self) -> &Arc<Shared<M>> {
         &self.shared
+    }
+
+    /// Is the order of arrival kept?
+    fn ordered(&self) -> bool {
+        let cfg = &self.admitted.0.cfg;
+        ordered(&cfg.route, &cfg.gather)
     }
 
     /// Enough is in to decide (the router may still be sending branches).
@@ -357,7 +359,7 @@ impl<M: crate::Message> GatherJob<M> {
                 // answer a race or a quorum can be decided on
                 if reply.is_some() {
                     self.answers += 1;
-                    if self.ordered {
+                    if self.ordered() {
                         self.arrival.push(k);
                     }
                 }

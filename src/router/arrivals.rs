@@ -111,9 +111,7 @@ impl<M: crate::Message> Arrivals<M> {
             job.finish(why);
         }
     }
-}
 
-impl<M: crate::Message> Arrivals<M> {
     /// Branch `k` ended: with its outcome, or (`None`) without one.
     fn arrive(&self, k: u32, outcome: Option<Outcome<M>>) {
         let (over, ignored) = {
