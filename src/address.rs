@@ -278,6 +278,7 @@ impl<M: Send + 'static> Slot<M> {
 
     /// Put a message in this slot's mailbox, or in its pending queue between
     /// incarnations. Gives the message back with the reason if the slot is closed.
+    #[inline]
     pub(crate) fn deliver(&self, msg: NodeMsg<M>) -> Result<(), (NodeMsg<M>, Arc<str>)> {
         let counted = msg.tasks();
         let msg = {
@@ -293,7 +294,12 @@ impl<M: Send + 'static> Slot<M> {
                 None => msg,
             }
         };
-        // slow path: the incarnation is dead or not yet attached
+        self.deliver_slow(msg, counted)
+    }
+
+    /// [`Slot::deliver`] when the incarnation is dead or not yet attached.
+    #[inline(never)]
+    fn deliver_slow(&self, msg: NodeMsg<M>, counted: u64) -> Result<(), (NodeMsg<M>, Arc<str>)> {
         let mut mb = self.write();
         if let Some(reason) = mb.closed() {
             return Err((msg, reason.clone()));

@@ -61,12 +61,14 @@ impl<F> CatchUnwind<F> {
 struct HandlerFlag(bool);
 
 impl HandlerFlag {
+    #[inline]
     fn set() -> Self {
         HandlerFlag(IN_HANDLER.with(|f| f.replace(true)))
     }
 }
 
 impl Drop for HandlerFlag {
+    #[inline]
     fn drop(&mut self) {
         let prev = self.0;
         IN_HANDLER.with(|f| f.set(prev));

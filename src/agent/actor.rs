@@ -507,6 +507,20 @@ impl<A: Agent> AgentState<A> {
             bump(&self.ctx.slot.stats.own.completed);
             return;
         }
+        // a chained pipeline's hop: the stage is done, on to the next one
+        if head.in_chain() && head.escalation().is_none() {
+            match verdict {
+                Verdict::Reply(m) => {
+                    let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
+                    return crate::pipeline::chain::stage_done(shared, slot, head, Some(m));
+                }
+                Verdict::Done => {
+                    let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
+                    return crate::pipeline::chain::stage_done(shared, slot, head, None);
+                }
+                other => return self.apply_general(head, other),
+            }
+        }
         self.apply_general(head, verdict);
     }
 

@@ -193,6 +193,15 @@ impl<M: crate::Message> Link<M> {
         }
     }
 
+    /// No deadline and no per-stage report: a hop has nothing to record.
+    #[inline]
+    fn plain(&self) -> bool {
+        matches!(
+            &self.answer,
+            Answer::Direct(Some(Ports { tally: None, .. }))
+        )
+    }
+
     fn answered(&self) -> bool {
         match &self.answer {
             Answer::Direct(p) => p.is_none(),
@@ -200,6 +209,7 @@ impl<M: crate::Message> Link<M> {
         }
     }
 
+    #[inline]
     fn tally(&mut self, f: impl FnOnce(&mut Tally)) {
         match &mut self.answer {
             Answer::Direct(Some(Ports { tally: Some(t), .. })) => f(t),
@@ -505,6 +515,7 @@ fn stage_error<M: crate::Message>(link: &Link<M>, i: usize, reason: String) -> R
 
 /// The stage that holds the run produced `out`: on to the next stage, or the run's
 /// end.
+#[inline]
 fn advance<M: crate::Message>(shared: &Shared<M>, at: &Slot<M>, mut head: TaskHead<M>, out: M) {
     let Some(meta) = head.meta.as_deref_mut() else {
         return;
@@ -534,7 +545,118 @@ fn advance<M: crate::Message>(shared: &Shared<M>, at: &Slot<M>, mut head: TaskHe
 
 /// Hand the run to stage `i` with `input`. `at` is where the task is now (the run ends
 /// there if it cannot go on).
+///
+/// The common hop (no deadline, no per-stage report, no budget, an agent stage) is
+/// inlined here; everything else goes through [`enter_general`].
+#[inline(always)]
 fn enter<M: crate::Message>(
+    shared: &Shared<M>,
+    at: &Slot<M>,
+    mut head: TaskHead<M>,
+    i: usize,
+    input: M,
+) {
+    let Some(meta) = head.meta.as_deref_mut() else {
+        return;
+    };
+    let unbudgeted = meta.budget.is_none();
+    let Some(link) = meta.chain.as_mut() else {
+        return;
+    };
+    if !(unbudgeted && link.plain()) {
+        return enter_general(shared, at, head, i, input);
+    }
+    let Some(Entry::Node(slot)) = link.p.stages.get(i).map(|s| &s.entry) else {
+        return enter_general(shared, at, head, i, input);
+    };
+    link.stage = i;
+    let owned;
+    let target = match in_directory(shared, slot) {
+        Some(s) => s,
+        None => {
+            owned = slot.clone();
+            &*owned
+        }
+    };
+    to_node(shared, at, head, i, input, target);
+}
+
+/// The stage's slot, borrowed from the hierarchy rather than from the run (the run
+/// moves into the message); `None` if it is not there, and the caller clones it.
+#[inline]
+fn in_directory<'a, M>(shared: &'a Shared<M>, slot: &Arc<Slot<M>>) -> Option<&'a Slot<M>> {
+    match shared.directory.all.get(slot.uid as usize) {
+        Some(s) if std::ptr::eq::<Slot<M>>(&**s, &**slot) => Some(s),
+        _ => None,
+    }
+}
+
+/// The run into agent stage `i`'s mailbox (`target`), keeping a copy of its input.
+#[inline(always)]
+fn to_node<M: crate::Message>(
+    shared: &Shared<M>,
+    at: &Slot<M>,
+    mut head: TaskHead<M>,
+    i: usize,
+    input: M,
+    target: &Slot<M>,
+) {
+    let Some(link) = link_mut(&mut head) else {
+        return;
+    };
+    // user code: a panicking Clone fails the run rather than this actor
+    match crate::panic::catch(|| input.clone()) {
+        Ok(copy) => link.input = Some(copy),
+        Err(p) => return clone_failed(shared, at, head, i, &p),
+    }
+    head.attempt = 0;
+    let task = Task {
+        head,
+        payload: input,
+    };
+    if let Err((NodeMsg::Task(t), why)) = target.deliver(NodeMsg::Task(task)) {
+        closed_stage(shared, at, t.head, i, target, &why);
+    }
+}
+
+#[cold]
+fn clone_failed<M: crate::Message>(
+    shared: &Shared<M>,
+    at: &Slot<M>,
+    mut head: TaskHead<M>,
+    i: usize,
+    panic: &str,
+) {
+    if let Some(link) = link_mut(&mut head) {
+        let reason = format!("cloning the stage's input {panic}");
+        let err = stage_error(link, i, reason.clone());
+        let end = failed(err, FailureKind::Crashed, StageStatus::Failed(reason));
+        end_with(shared, at, head, end.into());
+    }
+}
+
+#[cold]
+fn closed_stage<M: crate::Message>(
+    shared: &Shared<M>,
+    at: &Slot<M>,
+    mut head: TaskHead<M>,
+    i: usize,
+    target: &Slot<M>,
+    why: &str,
+) {
+    if let Some(link) = link_mut(&mut head) {
+        link.input = None;
+        let reason = format!("stage {} is closed: {why}", target.path);
+        let err = stage_error(link, i, reason.clone());
+        let end = failed(err, FailureKind::Routing, StageStatus::Failed(reason));
+        end_with(shared, at, head, end.into());
+    }
+}
+
+/// [`enter`] for a run with a deadline, a per-stage report or a budget, or into a
+/// function stage.
+#[inline(never)]
+fn enter_general<M: crate::Message>(
     shared: &Shared<M>,
     at: &Slot<M>,
     mut head: TaskHead<M>,
@@ -566,7 +688,12 @@ fn enter<M: crate::Message>(
         }
     }
     link.open(i, budget);
-    let stage = &link.p.stages[i];
+    let Some(stage) = link.p.stages.get(i) else {
+        let reason = format!("the pipeline has no stage {}", i + 1);
+        let err = stage_error(link, i, reason.clone());
+        let end = failed(err, FailureKind::Routing, StageStatus::Failed(reason));
+        return end_with(shared, at, head, end.into());
+    };
     if stage.cost > 0 {
         if let Some(Err(exceeded)) = budget.map(|b| b.spend(stage.cost)) {
             let status = StageStatus::Failed(exceeded.to_string());
@@ -580,42 +707,15 @@ fn enter<M: crate::Message>(
     }
     match &stage.entry {
         Entry::Node(slot) => {
-            // the stage's slot, borrowed from the hierarchy rather than from the run (the
-            // run moves into the message); a clone only if it is not there
-            let uid = slot.uid as usize;
             let owned;
-            let target: &Slot<M> = match shared.directory.all.get(uid) {
-                Some(s) if std::ptr::eq::<Slot<M>>(&**s, &**slot) => s,
-                _ => {
+            let target = match in_directory(shared, slot) {
+                Some(s) => s,
+                None => {
                     owned = slot.clone();
-                    &owned
+                    &*owned
                 }
             };
-            // user code: a panicking Clone fails the run rather than this actor
-            match crate::panic::catch(|| input.clone()) {
-                Ok(copy) => link.input = Some(copy),
-                Err(p) => {
-                    let reason = format!("cloning the stage's input {p}");
-                    let err = stage_error(link, i, reason.clone());
-                    let end = failed(err, FailureKind::Crashed, StageStatus::Failed(reason));
-                    return end_with(shared, at, head, end.into());
-                }
-            }
-            head.attempt = 0;
-            let task = Task {
-                head,
-                payload: input,
-            };
-            if let Err((NodeMsg::Task(t), why)) = target.deliver(NodeMsg::Task(task)) {
-                let mut head = t.head;
-                if let Some(link) = link_mut(&mut head) {
-                    link.input = None;
-                    let reason = format!("stage {} is closed: {why}", target.path);
-                    let err = stage_error(link, i, reason.clone());
-                    let end = failed(err, FailureKind::Routing, StageStatus::Failed(reason));
-                    end_with(shared, at, head, end.into());
-                }
-            }
+            to_node(shared, at, head, i, input, target);
         }
         Entry::Function(f) => {
             let f = f.clone();
