@@ -502,10 +502,15 @@ impl<A: Agent> AgentState<A> {
     /// Turn a verdict into the task's next step.
     #[inline]
     fn apply(&mut self, head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {
-        // the common case: a plain task done, nobody waiting for its outcome
-        if matches!(verdict, Verdict::Done) && head.meta.is_none() && head.reply.is_none() {
-            bump(&self.ctx.slot.stats.own.completed);
-            return;
+        // the common case: a plain task (no trail, escalation or chain) done or
+        // answered, its outcome for the caller if one waits
+        if head.meta.is_none() {
+            let reply = match verdict {
+                Verdict::Done => None,
+                Verdict::Reply(m) => Some(m),
+                other => return self.apply_general(head, other),
+            };
+            return self.ctx.shared.complete_here(&self.ctx.slot, head, reply);
         }
         // a chained pipeline's hop: the stage is done, on to the next one
         if head.in_chain() && head.escalation().is_none() {
