@@ -12,7 +12,9 @@
 //! The hops are not new code paths through the agents: a stage agent ends its task
 //! with `Shared::complete` or `Shared::fail_as` as usual, and those two look for a
 //! link first ([`TaskHead::in_chain`]): a completion becomes the hop to the next
-//! stage, a failure ends the run naming the stage. A stage's escalation still goes to
+//! stage, a failure ends the run naming the stage. (An agent's verdict on a chained
+//! task with no escalation on it goes to [`stage_done`] directly, the same hop without
+//! the detour.) A stage's escalation still goes to
 //! the pipeline team's supervisor (threshold, suppression) and, accepted, to the
 //! pipeline's lead, which ends the run as escalated ([`stage_escalated`]); absorbed or
 //! suppressed, it completes the stage with its input unchanged, as in the coordinator.
