@@ -465,3 +465,92 @@ impl<M: crate::Message, L: Lead<M>> LeadActor<M, L> {
         take_task(&self.lead, &st.node.node(), st.stopping.as_ref(), task);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// An open request as a gather is one: a hard stop's `abort` ends it, and ending
+    /// drops its guard.
+    #[derive(Default)]
+    struct Open {
+        aborted: AtomicUsize,
+        guard: Mutex<Option<RunGuard>>,
+    }
+
+    impl Abort for Open {
+        fn abort(&self) {
+            self.aborted.fetch_add(1, Ordering::SeqCst);
+            let guard = self.guard.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(guard);
+        }
+    }
+
+    fn open(runs: &Runs) -> (Arc<Open>, bool) {
+        let request = Arc::new(Open::default());
+        let (guard, aborted) = runs.start_open(request.clone());
+        *request.guard.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+        (request, aborted)
+    }
+
+    /// The stop's own bound is an hour: only the requests ending lets it return in time.
+    async fn hard_stop(runs: &Runs) {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            runs.abort_and_wait(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("the stop did not return once its open requests had ended");
+    }
+
+    #[tokio::test]
+    async fn a_hard_stop_ends_every_open_request_and_returns_when_they_have() {
+        let runs = Runs::default();
+        let (a, late_a) = open(&runs);
+        let (b, late_b) = open(&runs);
+        assert!(!late_a && !late_b, "no stop had begun");
+        assert_eq!(runs.active().load(Ordering::SeqCst), 2);
+        hard_stop(&runs).await;
+        assert_eq!(a.aborted.load(Ordering::SeqCst), 1);
+        assert_eq!(b.aborted.load(Ordering::SeqCst), 1);
+        assert_eq!(runs.active().load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_registering_after_the_stop_took_its_list_is_told_to_end_itself() {
+        let runs = Runs::default();
+        hard_stop(&runs).await;
+        let (late, aborted) = open(&runs);
+        assert!(
+            aborted,
+            "the stop's flag must be seen by a request it did not list"
+        );
+        assert_eq!(
+            late.aborted.load(Ordering::SeqCst),
+            0,
+            "the stop cannot have ended a request that was not yet listed"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ended_request_leaves_the_registry_and_its_place_is_reused() {
+        let runs = Runs::default();
+        let (first, _) = open(&runs);
+        let guard = first.guard.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(guard);
+        // the registry let go of the request: only this test holds it now
+        assert_eq!(Arc::strong_count(&first), 1);
+        let (_second, _) = open(&runs);
+        assert_eq!(
+            runs.inner.registry().open.len(),
+            1,
+            "the freed place is reused"
+        );
+        // a stop does not reach the ended request
+        hard_stop(&runs).await;
+        assert_eq!(first.aborted.load(Ordering::SeqCst), 0);
+    }
+}
