@@ -502,29 +502,15 @@ impl<A: Agent> AgentState<A> {
     /// Turn a verdict into the task's next step.
     #[inline]
     fn apply(&mut self, head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {
-        // the common case: a plain task (no trail, escalation or chain) done or
-        // answered, its outcome for the caller if one waits
-        if head.meta.is_none() {
+        // the common case: done or answered, with no escalation to record as handled
+        // (`Shared::complete` makes a chained task's hop)
+        if head.escalation().is_none() {
             let reply = match verdict {
                 Verdict::Done => None,
                 Verdict::Reply(m) => Some(m),
                 other => return self.apply_general(head, other),
             };
-            return self.ctx.shared.complete_here(&self.ctx.slot, head, reply);
-        }
-        // a chained pipeline's hop: the stage is done, on to the next one
-        if head.in_chain() && head.escalation().is_none() {
-            match verdict {
-                Verdict::Reply(m) => {
-                    let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
-                    return crate::pipeline::chain::stage_done(shared, slot, head, Some(m));
-                }
-                Verdict::Done => {
-                    let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
-                    return crate::pipeline::chain::stage_done(shared, slot, head, None);
-                }
-                other => return self.apply_general(head, other),
-            }
+            return self.ctx.shared.complete(&self.ctx.slot, head, reply);
         }
         self.apply_general(head, verdict);
     }

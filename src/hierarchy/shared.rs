@@ -234,17 +234,12 @@ impl<M: crate::Message> Shared<M> {
     // ---- resolutions: the three ways a task ends --------------------------------
 
     /// The task is complete at `at`.
-    pub(crate) fn complete(&self, at: &Slot<M>, head: TaskHead<M>, reply: Option<M>) {
+    #[inline]
+    pub(crate) fn complete(&self, at: &Slot<M>, mut head: TaskHead<M>, reply: Option<M>) {
         if head.in_chain() {
             // a chained pipeline's stage is done: the hop to the next stage
             return crate::pipeline::chain::stage_done(self, at, head, reply);
         }
-        self.complete_here(at, head, reply);
-    }
-
-    /// [`Shared::complete`] of a task that is not part of a chained pipeline run.
-    #[inline]
-    pub(crate) fn complete_here(&self, at: &Slot<M>, mut head: TaskHead<M>, reply: Option<M>) {
         bump(&at.stats.own.completed);
         if let Some(tx) = head.reply.take() {
             tx.send(Outcome::Completed {

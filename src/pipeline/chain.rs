@@ -572,24 +572,35 @@ fn enter<M: crate::Message>(
         return enter_general(shared, at, head, i, input);
     };
     link.stage = i;
-    let owned;
-    let target = match in_directory(shared, slot) {
-        Some(s) => s,
-        None => {
-            owned = slot.clone();
-            &*owned
-        }
-    };
-    to_node(shared, at, head, i, input, target);
+    let target = Target::of(shared, slot);
+    to_node(shared, at, head, i, input, &target);
 }
 
-/// The stage's slot, borrowed from the hierarchy rather than from the run (the run
-/// moves into the message); `None` if it is not there, and the caller clones it.
-#[inline]
-fn in_directory<'a, M>(shared: &'a Shared<M>, slot: &Arc<Slot<M>>) -> Option<&'a Slot<M>> {
-    match shared.directory.all.get(slot.uid as usize) {
-        Some(s) if std::ptr::eq::<Slot<M>>(&**s, &**slot) => Some(s),
-        _ => None,
+/// A stage's slot, borrowed from the hierarchy rather than from the run (the run
+/// moves into the message), or cloned if it is not there.
+enum Target<'a, M> {
+    Listed(&'a Slot<M>),
+    Own(Arc<Slot<M>>),
+}
+
+impl<'a, M> Target<'a, M> {
+    #[inline]
+    fn of(shared: &'a Shared<M>, slot: &Arc<Slot<M>>) -> Self {
+        match shared.directory.all.get(slot.uid as usize) {
+            Some(s) if std::ptr::eq::<Slot<M>>(&**s, &**slot) => Target::Listed(s),
+            _ => Target::Own(slot.clone()),
+        }
+    }
+}
+
+impl<M> std::ops::Deref for Target<'_, M> {
+    type Target = Slot<M>;
+
+    fn deref(&self) -> &Slot<M> {
+        match self {
+            Target::Listed(s) => s,
+            Target::Own(s) => s,
+        }
     }
 }
 
@@ -709,15 +720,8 @@ fn enter_general<M: crate::Message>(
     }
     match &stage.entry {
         Entry::Node(slot) => {
-            let owned;
-            let target = match in_directory(shared, slot) {
-                Some(s) => s,
-                None => {
-                    owned = slot.clone();
-                    &*owned
-                }
-            };
-            to_node(shared, at, head, i, input, target);
+            let target = Target::of(shared, slot);
+            to_node(shared, at, head, i, input, &target);
         }
         Entry::Function(f) => {
             let f = f.clone();
