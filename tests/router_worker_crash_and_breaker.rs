@@ -570,13 +570,17 @@ impl Wake for Freeze {
 }
 
 /// With `admission(1)`, a caller that has its result back is no longer in flight: its
-/// next request must be admitted. The router's gather task is frozen right after it
-/// hands the caller the result (the caller's waker holds the task's thread), which is
+/// next request must be admitted. Whoever hands the caller the result (the worker whose
+/// answer decides the gather) is frozen right after it (the caller's waker holds its
+/// thread), which is
 /// the window a fast caller hits on its own (thousands of back-to-back `call`s with
 /// `admission(1)` see `AtCapacity` in a few percent of them in release builds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_with_its_result_in_hand_is_not_counted_against_admission() {
-    let mut rig = rig(1, |b| b.route(Route::RoundRobin).admission(1)).await;
+    // two workers: the first result is delivered, and the caller woken, on worker 0's
+    // thread (the gather is decided in place), which the waker then freezes; round
+    // robin sends the second request to worker 1, which is free to answer it
+    let mut rig = rig(2, |b| b.route(Route::RoundRobin).admission(1)).await;
     let (woken_tx, woken) = std_mpsc::channel();
     let (release, release_rx) = std_mpsc::channel();
     let freeze = Arc::new(Freeze {
@@ -618,7 +622,7 @@ async fn a_caller_with_its_result_in_hand_is_not_counted_against_admission() {
     let second = second.expect("the router takes the request");
     assert_eq!(
         second.result,
-        Ok(Some(Msg::By(0))),
+        Ok(Some(Msg::By(1))),
         "the first request was already answered, so the second is within admission(1)"
     );
     let c = rig.finish().await;
