@@ -249,9 +249,9 @@ async fn forward_into_another_hierarchy_fails_with_a_reason() {
 }
 
 // ---------------------------------------------------------------------------------
-// F7: an on_start that calls a sibling spawned after it deadlocks `spawn()`: the
-// sibling's slot has no actor yet, the call waits in its pending queue, and the
-// sibling is only spawned once this on_start returns.
+// F7: an on_start that calls a sibling spawned after it must not deadlock `spawn()`:
+// the call waits in the sibling's pending queue while the sibling's start, joined
+// with this one in the supervisor's task, goes on and attaches it.
 struct Caller;
 impl Agent for Caller {
     type Msg = Job;

@@ -85,10 +85,15 @@ pub trait Agent: Send + 'static {
     /// every restart. An error or panic here is a crash (at spawn time it fails the
     /// spawn of the hierarchy with the agent's path and the reason).
     ///
-    /// Must not wait on other agents of the hierarchy (`call` through
-    /// [`Ctx::agent`]): during a spawn or respawn they may not be started yet, and the
-    /// spawn waits for this hook, so such a wait never ends. Sending without waiting
-    /// is fine.
+    /// Sending to another agent without waiting is fine: a message to an agent not
+    /// started yet waits for it. A `call` returns too, because agents start
+    /// concurrently (one team's agents together, teams in parallel): the agent called
+    /// goes on starting while this one waits. The exception is a cycle: if that agent's
+    /// own `on_start` waits on this one, directly or through others, neither start ever
+    /// ends.
+    ///
+    /// The starts of one team's agents share a thread (the supervisor's task), so this
+    /// hook must not block its thread: wait with `.await`, not with a blocking call.
     fn on_start(
         &mut self,
         ctx: &mut Ctx<Self::Msg>,

@@ -4,10 +4,11 @@
 //! Exit codes: 0 success; 1 the run failed (a hierarchy that cannot be built, an output
 //! that cannot be written); 2 bad input or usage (a malformed scenario, a bad flag).
 
-/// The binary's allocator: jemalloc, where it builds. Spawning and stopping a large
-/// hierarchy is allocator-bound, and glibc's malloc makes both about twice as slow
-/// (BENCHMARKS.md). The library leaves the choice to the program that uses it.
-#[cfg(not(target_env = "msvc"))]
+/// The binary's allocator: jemalloc (feature `jemalloc`, on by default), where it
+/// builds. Spawning and stopping a large hierarchy is allocator-bound, and glibc's
+/// malloc makes both about twice as slow (BENCHMARKS.md). The library leaves the
+/// choice to the program that uses it.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

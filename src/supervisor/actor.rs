@@ -15,6 +15,7 @@ use crate::agent::actor::refuse;
 use crate::envelope::{Decision, Role, Task};
 use crate::hierarchy::shared::{Phase, Shared};
 use crate::node::{Directive, Exit, NodeMsg};
+use crate::panic::CatchUnwind;
 
 pub(crate) struct SupervisorActor<M>(std::marker::PhantomData<fn() -> M>);
 
@@ -80,12 +81,15 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
             return Err("a supervisor was given an agent spec".into());
         };
         let slot = team.slot.clone();
-        // Children start concurrently: a big team spawns faster, and an `on_start` that
-        // sends to (or calls) a sibling finds the sibling started. ractor runs a child's
-        // `pre_start` in the task that spawns it, so the spawns are joined here, in this
-        // task; but a child team's start places its whole subtree, so each team starts
-        // in a task of its own, and subtrees are placed in parallel on the runtime's
-        // workers. (A task for every child made a tenth more instructions per agent.)
+        // Children start concurrently: a big team spawns faster, and an `on_start` may
+        // `call` a sibling, whose start goes on while it waits. ractor runs a child's
+        // `pre_start` in the task that spawns it, so the agents' spawns are joined here,
+        // in this task, and one team's agents start on one thread. A child team's start
+        // places its whole subtree, so each team starts in a task of its own, and
+        // subtrees are placed in parallel on the runtime's workers. (A task for every
+        // child cost 3% more instructions per agent and a slower spawn; every child
+        // joined here put the whole tree on one thread.) A panic in a spawn fails that
+        // child like an error, so the children that did start are still stopped below.
         let started =
             futures_util::future::join_all(team.children.iter().enumerate().map(|(i, child)| {
                 let spawn = spawn_node(
@@ -95,7 +99,7 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
                     i,
                     myself.get_cell(),
                 );
-                match child.kind {
+                CatchUnwind::new(match child.kind {
                     NodeKind::Agent(_) => spawn,
                     NodeKind::Team(_) => {
                         let task = tokio::spawn(spawn);
@@ -104,13 +108,13 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
                                 .unwrap_or_else(|e| Err(format!("its spawn task failed: {e}")))
                         })
                     }
-                }
+                })
             }))
             .await;
         let mut children: Vec<Child<M>> = Vec::with_capacity(team.children.len());
         let mut failure = None;
         for (child, result) in team.children.iter().zip(started) {
-            match result {
+            match result.unwrap_or_else(|panic| Err(format!("its start panicked: {panic}"))) {
                 Ok(r) => children.push(Child {
                     spec: child.clone(),
                     actor: Some(r.get_id()),
