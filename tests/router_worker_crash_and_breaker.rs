@@ -572,9 +572,9 @@ impl Wake for Freeze {
 /// With `admission(1)`, a caller that has its result back is no longer in flight: its
 /// next request must be admitted. Whoever hands the caller the result (the worker whose
 /// answer decides the gather) is frozen right after it (the caller's waker holds its
-/// thread), which is
-/// the window a fast caller hits on its own (thousands of back-to-back `call`s with
-/// `admission(1)` see `AtCapacity` in a few percent of them in release builds).
+/// thread), which is the window a fast caller hits on its own (thousands of
+/// back-to-back `call`s with `admission(1)` see `AtCapacity` in a few percent of them
+/// in release builds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_with_its_result_in_hand_is_not_counted_against_admission() {
     // two workers: the first result is delivered, and the caller woken, on worker 0's
