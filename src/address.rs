@@ -153,7 +153,7 @@ impl<M: Send + 'static> Slot<M> {
     /// Work taken in place is not counted in the mailbox's `enqueued` and `settled`: it
     /// never is in the mailbox, and a kill's count of what the mailbox lost
     /// ([`Slot::detach`]) must not include a request its sender is still starting.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn hand(
         self: &Arc<Self>,
         shared: &Arc<Shared<M>>,
@@ -278,7 +278,7 @@ impl<M: Send + 'static> Slot<M> {
 
     /// Put a message in this slot's mailbox, or in its pending queue between
     /// incarnations. Gives the message back with the reason if the slot is closed.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn deliver(&self, msg: NodeMsg<M>) -> Result<(), (NodeMsg<M>, Arc<str>)> {
         let counted = msg.tasks();
         let msg = {
@@ -319,7 +319,7 @@ impl<M: Send + 'static> Slot<M> {
     /// Send to one incarnation; on refusal (dead actor) the message comes back.
     /// `counted`: the tasks it carries ([`NodeMsg::tasks`]), added to `enqueued`
     /// before the send so the agent can never settle a task not yet counted.
-    #[inline]
+    #[inline(always)]
     fn try_send(
         &self,
         actor: &ActorRef<NodeMsg<M>>,
@@ -709,6 +709,7 @@ impl<M: crate::Message> AgentRef<M> {
 
     /// Submit from inside the hierarchy (a handler's new task) or from outside
     /// (`external`: refused once the hierarchy stops taking work).
+    #[inline(always)]
     pub(crate) fn submit(
         &self,
         msg: M,
@@ -718,6 +719,7 @@ impl<M: crate::Message> AgentRef<M> {
         self.submit_with(msg, reply, external, |_| {})
     }
 
+    #[inline(always)]
     pub(crate) fn submit_with(
         &self,
         msg: M,
@@ -749,6 +751,7 @@ impl<M: crate::Message> Slot<M> {
     }
 
     /// A new task for this slot ([`AgentRef::submit_with`]).
+    #[inline(always)]
     fn submit(
         self: &Arc<Self>,
         shared: &Arc<Shared<M>>,

@@ -78,6 +78,8 @@ impl Drop for HandlerFlag {
 impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = Result<F::Output, String>;
 
+    // inlined: around an agent's handler it is on every message's path
+    #[inline(always)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let inner = &mut self.inner;
         let _flag = HandlerFlag::set();

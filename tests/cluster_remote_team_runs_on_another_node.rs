@@ -41,7 +41,7 @@ impl Agent for Worker {
                     .escalation()
                     .map(|e| e.reason.clone())
                     .unwrap_or_default();
-                Ok(Verdict::Escalate(
+                Ok(Verdict::from(
                     Escalation::new(s, format!("alarm after {seen:?}"), Job::Alarm(s))
                         .with_key("alarm"),
                 ))

@@ -64,7 +64,7 @@ impl Agent for Monitor {
         if let Some(k) = msg.key {
             esc = esc.with_key(k);
         }
-        Ok(Verdict::Escalate(esc))
+        Ok(esc.into())
     }
 }
 

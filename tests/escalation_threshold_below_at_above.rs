@@ -251,12 +251,12 @@ impl Agent for RawRelay {
         _ctx: &mut Ctx<RaiseRaw>,
         msg: RaiseRaw,
     ) -> Result<Verdict<RaiseRaw>, AgentError> {
-        Ok(Verdict::Escalate(Escalation {
+        Ok(Verdict::Escalate(Box::new(Escalation {
             severity: msg.0,
             reason: "raw".into(),
             payload: msg,
             key: None,
-        }))
+        })))
     }
 }
 

@@ -6,6 +6,7 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures_util::future::{ready, Either, Ready};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
@@ -17,58 +18,46 @@ use crate::hierarchy::shared::Shared;
 use crate::node::{Directive, Exit, NodeMsg};
 use crate::panic::{catch, CatchUnwind};
 
-/// The first attempt of a task on the fast path, after [`AgentState::begin`] gave its
-/// payload (`Some`) and put its head in [`AgentState::parked`]: the handler runs
-/// inline, a crash goes to the boxed [`AgentState::redeliver`], then the task is settled
-/// and a stop asked by the handler is carried out. Written once for the single task and
-/// the batch.
-macro_rules! fast_task {
-    ($state:expr, $payload:expr, $myself:expr) => {{
-        let state = &mut *$state;
-        if let Some(payload) = $payload {
-            let result = match state.agent.as_mut() {
-                Some(agent) => {
-                    let fut = pin!(agent.handle(&mut state.ctx, payload));
-                    CatchUnwind::new(fut).await
-                }
-                None => Ok(Err(AgentError::crash(
-                    "the agent has no live incarnation (its factory or on_start failed)",
-                ))),
-            };
-            // the crash moves into the boxed redelivery before the await: held across
-            // it, its 88 bytes would be in this future, and so in every agent's task
-            let redeliver = state
-                .finish(result)
-                .map(|crash| Box::pin(state.redeliver(crash, $myself)));
-            if let Some(redeliver) = redeliver {
-                redeliver.await;
-            }
-        }
-        // settled as soon as the task has its outcome: a kill during the exit below
-        // must not count it lost
-        state.ctx.slot.settle();
-        if state.take_stop_request() {
-            Box::pin(state.exit_normally($myself)).await;
-        }
-    }};
+/// What [`AgentActor::handle`] returns: a task's first attempt on the fast path
+/// ([`AgentState::first_attempt`], whose future holds the state's address and the
+/// user's handler future, nothing else), the boxed future of a rare path, or nothing
+/// left to do (a message handled on the spot).
+///
+/// ractor keeps this future's space in the actor's task for the actor's whole life and
+/// moves it twice per message (into its signal `select!`): small, it moves in a few
+/// register stores instead of a `memcpy` call.
+type Handling<'a, F> = Either<F, Either<Rare<'a>, Ready<Result<(), ActorProcessingErr>>>>;
+
+/// The future of a rare path in [`AgentActor::handle`], sized by that path.
+type Rare<'a> = Pin<Box<dyn Future<Output = Result<(), ActorProcessingErr>> + Send + 'a>>;
+
+/// [`Handling`] for a message handled on the spot.
+fn handled<'a, F>() -> Handling<'a, F> {
+    Either::Right(Either::Right(ready(Ok(()))))
 }
 
-/// What [`AgentActor::handle`] decided before building its future: a task on the fast
-/// path (its payload, `None` if it already has its outcome), the boxed future of a rare
-/// path, or nothing left to do (a message handled on the spot).
-enum Work<'a, A: Agent> {
-    Fast(
-        &'a mut AgentState<A>,
-        Option<A::Msg>,
-        ActorRef<NodeMsg<A::Msg>>,
-    ),
-    Rare(Pin<Box<dyn Future<Output = ()> + Send + 'a>>),
-    Done,
+/// [`Handling`] for a rare path.
+fn rare<'a, F>(fut: impl Future<Output = ()> + Send + 'a) -> Handling<'a, F> {
+    Either::Right(Either::Left(Box::pin(async move {
+        fut.await;
+        Ok(())
+    })))
 }
 
 /// A task in hand on the fast path: its head, and a copy of its payload for a
 /// redelivery (only when one may happen).
 type Current<M> = (TaskHead<M>, Option<M>);
+
+/// What the fast path keeps out of its future, in a box made at the agent's first task
+/// and reused ([`AgentState::parked`]).
+struct InHand<M> {
+    /// The task whose handler runs.
+    current: Option<Current<M>>,
+    /// The first attempt's payload, from [`AgentState::begin`] until the handler takes it.
+    payload: Option<M>,
+    /// This actor's own ref, for the rare paths after a handler (a redelivery, a stop).
+    myself: ActorRef<NodeMsg<M>>,
+}
 
 /// Builds agent values: once per incarnation. A thin pointer (to a boxed closure):
 /// the agent's state, which holds it, lives in the actor's task for its whole life.
@@ -112,7 +101,7 @@ pub(crate) struct AgentState<A: Agent> {
     child_index: u32,
     /// The fast path's task while its handler runs, in a box made at the first task
     /// and reused: kept out of the per-message future, and out of an idle agent.
-    parked: Option<Box<Option<Current<A::Msg>>>>,
+    parked: Option<Box<InHand<A::Msg>>>,
 }
 
 impl<A: Agent> Actor for AgentActor<A> {
@@ -150,30 +139,44 @@ impl<A: Agent> Actor for AgentActor<A> {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> impl Future<Output = Result<(), ActorProcessingErr>> + Send {
-        // Decided before the future is built, so the future holds the payload alone
-        // (moved into the user's handler future) and not the whole message, the task's
-        // head or the copies an async fn makes of its arguments: ractor keeps this
-        // future's space in the actor's task for the actor's whole life. Every rare path
-        // (a restart asked by a sibling strategy, a stop, a batch, a task while no
-        // incarnation is ready) is one boxed future of its own, sized by that path;
-        // messages that need no waiting are handled here.
-        let work: Work<'_, A> = match msg {
+        // Decided before the future is built, so that the fast path's future holds the
+        // state's address and the user's handler future, and not the message, the
+        // task's head or `myself` (all parked in the state's box): ractor keeps this
+        // future's space in the actor's task for the actor's whole life. Everything else
+        // is `AgentState::other_message`, out of line, so that this stays small enough
+        // for ractor's loop to inline.
+        match msg {
             NodeMsg::Task(task) if state.ready() => {
-                let payload = state.begin(task);
-                Work::Fast(state, payload, myself)
+                if state.begin(task, &myself) {
+                    Either::Left(state.first_attempt())
+                } else {
+                    // the task already has its outcome (its `Clone` panicked)
+                    state.ctx.slot.settle();
+                    handled()
+                }
             }
-            NodeMsg::Task(task) => {
-                Work::Rare(Box::pin(
-                    async move { state.take_slow(task, &myself).await },
-                ))
-            }
+            other => state.other_message(other, myself),
+        }
+    }
+}
+
+impl<A: Agent> AgentState<A> {
+    /// Every message but a task on the fast path ([`AgentActor::handle`]). Every rare
+    /// path (a restart asked by a sibling strategy, a stop, a batch, a task while no
+    /// incarnation is ready) is one boxed future of its own, sized by that path;
+    /// messages that need no waiting are handled here.
+    #[inline(never)]
+    fn other_message<F>(
+        &mut self,
+        msg: NodeMsg<A::Msg>,
+        myself: ActorRef<NodeMsg<A::Msg>>,
+    ) -> Handling<'_, F> {
+        let state = self;
+        match msg {
+            NodeMsg::Task(task) => rare(async move { state.take_slow(task, &myself).await }),
             // each task of a batch is a task of its own: checked, counted, settled,
             // crashed and redelivered one at a time, in order
-            NodeMsg::Batch(batch) => {
-                Work::Rare(Box::pin(
-                    async move { state.take_batch(batch, &myself).await },
-                ))
-            }
+            NodeMsg::Batch(batch) => rare(async move { state.take_batch(batch, &myself).await }),
             NodeMsg::Escalation(task) => {
                 let reason = format!(
                     "{} is an agent, not a supervisor: it takes no escalations",
@@ -181,33 +184,24 @@ impl<A: Agent> Actor for AgentActor<A> {
                 );
                 state.fail(task.head, &reason);
                 state.ctx.slot.settle();
-                Work::Done
+                handled()
             }
             NodeMsg::ChildExit { reply, .. } => {
                 let _ = reply.send(Directive::Stop {
                     reason: Arc::from("an agent has no children"),
                 });
-                Work::Done
+                handled()
             }
-            NodeMsg::Respawn { .. } => Work::Done,
-            NodeMsg::Reset if !state.ctx.stopping => Work::Rare(Box::pin(async move {
+            NodeMsg::Respawn { .. } => handled(),
+            NodeMsg::Reset if !state.ctx.stopping => rare(async move {
                 state.check_epoch(&myself).await;
-            })),
-            NodeMsg::Reset => Work::Done,
-            NodeMsg::Stop { reason } => Work::Rare(Box::pin(async move {
+            }),
+            NodeMsg::Reset => handled(),
+            NodeMsg::Stop { reason } => rare(async move {
                 state
                     .begin_stop(reason, &myself, StopReason::Shutdown)
                     .await
-            })),
-        };
-        async move {
-            match work {
-                // the common case: the user's handler future runs inline here
-                Work::Fast(state, payload, myself) => fast_task!(state, payload, &myself),
-                Work::Rare(rare) => rare.await,
-                Work::Done => {}
-            }
-            Ok(())
+            }),
         }
     }
 }
@@ -234,8 +228,13 @@ impl<A: Agent> AgentState<A> {
     async fn take_batch(&mut self, batch: Batch<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
         for task in batch {
             if self.ready() {
-                let payload = self.begin(task);
-                fast_task!(self, payload, myself);
+                if self.begin(task, myself) {
+                    // always Ok: the fast path gives every task its outcome itself
+                    let _ = self.first_attempt().await;
+                } else {
+                    // the task already has its outcome (its `Clone` panicked)
+                    self.ctx.slot.settle();
+                }
             } else {
                 self.take_slow(task, myself).await;
             }
@@ -264,11 +263,11 @@ impl<A: Agent> AgentState<A> {
     }
 
     /// The fast path's first attempt, before the handler: the context set to the task,
-    /// and its head and a copy of the payload for a redelivery (only when one may
-    /// happen) kept in [`Self::parked`]. Gives the payload, or `None` if the task
-    /// already has its outcome (its `Clone` panicked).
-    #[inline]
-    fn begin(&mut self, task: Task<A::Msg>) -> Option<A::Msg> {
+    /// and its head, its payload and a copy of the payload for a redelivery (only when
+    /// one may happen) put in [`Self::parked`]. False if the task already has its
+    /// outcome (its `Clone` panicked).
+    #[inline(always)]
+    fn begin(&mut self, task: Task<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) -> bool {
         let Task { mut head, payload } = task;
         let spare = if self.ctx.shared.max_attempts > 1 {
             // user code: a panicking Clone fails the task rather than the actor
@@ -278,7 +277,7 @@ impl<A: Agent> AgentState<A> {
                     let why = format!("cloning the message for a possible retry {p}");
                     let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
                     shared.fail_as(slot, head, &why, FailureKind::Crashed);
-                    return None;
+                    return false;
                 }
             }
         } else {
@@ -290,10 +289,91 @@ impl<A: Agent> AgentState<A> {
         // ctx.meta is None between tasks: swapping moves without a drop
         std::mem::swap(&mut self.ctx.meta, &mut head.meta);
         match &mut self.parked {
-            Some(b) => **b = Some((head, spare)),
-            None => self.parked = Some(Box::new(Some((head, spare)))),
+            Some(b) => {
+                b.current = Some((head, spare));
+                b.payload = Some(payload);
+            }
+            None => {
+                self.parked = Some(Box::new(InHand {
+                    current: Some((head, spare)),
+                    payload: Some(payload),
+                    myself: myself.clone(),
+                }))
+            }
         }
-        Some(payload)
+        true
+    }
+
+    /// The fast path's first attempt of the task [`Self::begin`] put in hand: the
+    /// handler runs inline, a crash goes to the boxed [`Self::redeliver`], then the task
+    /// is settled and a stop asked by the handler is carried out. The future holds
+    /// `self` and the handler's future alone (see [`Handling`]). Always `Ok`: the
+    /// result type is the one ractor's `handle` returns.
+    fn first_attempt(
+        &mut self,
+    ) -> impl Future<Output = Result<(), ActorProcessingErr>> + Send + '_ {
+        // an async block rather than an async fn (which copies its `self` into the
+        // future), and let-else rather than a match (whose scrutinee would be kept
+        // across the await): each keeps 8 to 24 bytes out of the future
+        async move {
+            let result = 'run: {
+                let Some(payload) = self.parked.as_mut().and_then(|b| b.payload.take()) else {
+                    // `begin` always leaves the payload here
+                    break 'run Ok(Err(AgentError::crash(
+                        "echelon bug: the task's payload was not in hand",
+                    )));
+                };
+                let Some(agent) = self.agent.as_mut() else {
+                    break 'run Ok(Err(AgentError::crash(
+                        "the agent has no live incarnation (its factory or on_start failed)",
+                    )));
+                };
+                let fut = pin!(agent.handle(&mut self.ctx, payload));
+                CatchUnwind::new(fut).await
+            };
+            // the crash moves into the boxed redelivery before the await: held across
+            // it, its 88 bytes would be in this future, and so in every agent's task
+            if let Some(redeliver) = self
+                .finish(result)
+                .map(|crash| Box::pin(self.redeliver_in_hand(crash)))
+            {
+                redeliver.await;
+            }
+            // settled as soon as the task has its outcome: a kill during the exit below
+            // must not count it lost
+            self.ctx.slot.settle();
+            if self.take_stop_request() {
+                Box::pin(self.exit_in_hand()).await;
+            }
+            Ok(())
+        }
+    }
+
+    /// This actor's own ref, kept in hand since its first task.
+    fn myself(&self) -> Option<ActorRef<NodeMsg<A::Msg>>> {
+        self.parked.as_ref().map(|b| b.myself.clone())
+    }
+
+    /// [`Self::redeliver`] from the fast path, with the ref kept in hand.
+    async fn redeliver_in_hand(&mut self, crash: (Current<A::Msg>, String)) {
+        match self.myself() {
+            Some(myself) => self.redeliver(crash, &myself).await,
+            // the box holds the crashed task, so it exists
+            None => {
+                let ((head, _), _) = crash;
+                let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
+                shared.fail_as(slot, head, "echelon bug: no ref in hand", FailureKind::Lost);
+            }
+        }
+    }
+
+    /// [`Self::exit_normally`] from the fast path, with the ref kept in hand.
+    async fn exit_in_hand(&mut self) {
+        if let Some(myself) = self.myself() {
+            self.exit_normally(&myself).await;
+        } else {
+            tracing::error!(node = %self.ctx.path(), "echelon bug: a stop asked with no ref in hand");
+        }
     }
 
     /// The fast path's first attempt, after the handler: the verdict applied, or the
@@ -304,7 +384,7 @@ impl<A: Agent> AgentState<A> {
         &mut self,
         result: Result<Result<Verdict<A::Msg>, AgentError>, String>,
     ) -> Option<(Current<A::Msg>, String)> {
-        let Some((mut head, spare)) = self.parked.as_mut().and_then(|b| b.take()) else {
+        let Some((mut head, spare)) = self.parked.as_mut().and_then(|b| b.current.take()) else {
             // `begin` always leaves the task here before the handler runs
             tracing::error!(node = %self.ctx.path(), "echelon bug: a handler finished with no task in hand");
             return None;
@@ -504,15 +584,19 @@ impl<A: Agent> AgentState<A> {
     fn apply(&mut self, head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {
         // the common case: done or answered, with no escalation to record as handled
         // (`Shared::complete` makes a chained task's hop)
-        if head.escalation().is_none() {
-            let reply = match verdict {
-                Verdict::Done => None,
-                Verdict::Reply(m) => Some(m),
-                other => return self.apply_general(head, other),
-            };
-            return self.ctx.shared.complete(&self.ctx.slot, head, reply);
+        // (every arm moves its variant's fields, none binds the whole verdict: then the
+        // verdict needs no drop call afterwards)
+        let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
+        match verdict {
+            Verdict::Done if head.escalation().is_none() => shared.complete(slot, head, None),
+            Verdict::Reply(m) if head.escalation().is_none() => {
+                shared.complete(slot, head, Some(m))
+            }
+            Verdict::Done => self.apply_general(head, Verdict::Done),
+            Verdict::Reply(m) => self.apply_general(head, Verdict::Reply(m)),
+            Verdict::Escalate(e) => self.apply_general(head, Verdict::Escalate(e)),
+            Verdict::Forward { to, msg } => self.apply_general(head, Verdict::Forward { to, msg }),
         }
-        self.apply_general(head, verdict);
     }
 
     fn apply_general(&mut self, mut head: TaskHead<A::Msg>, verdict: Verdict<A::Msg>) {

@@ -123,8 +123,13 @@ pub enum Verdict<M> {
     /// Handled here with a reply for the caller of `call` (ignored for `send`).
     Reply(M),
     /// Not for this level: goes to the supervisor, which keeps it (below threshold),
-    /// folds it (repeat in window) or passes it up to the next level.
-    Escalate(Escalation<M>),
+    /// folds it (repeat in window) or passes it up to the next level. Build it with
+    /// [`Verdict::escalate`] or from an [`Escalation`] (`escalation.into()`).
+    ///
+    /// Boxed: every handler returns a verdict, and the escalation (a reason, a key and
+    /// a payload) would otherwise make every verdict that size, moved several times
+    /// per message; escalations are rare and allocate their reason anyway.
+    Escalate(Box<Escalation<M>>),
     /// Hand the same task, with a new payload, to another agent.
     Forward {
         /// The agent that takes over the task.
@@ -138,7 +143,14 @@ impl<M> Verdict<M> {
     /// Escalate with a severity in `0.0..=1.0` (NaN counts as 1.0: an unreadable
     /// severity is never silently absorbed), a reason and a payload for the level above.
     pub fn escalate(severity: f64, reason: impl Into<String>, payload: M) -> Self {
-        Verdict::Escalate(Escalation::new(severity, reason, payload))
+        Verdict::Escalate(Box::new(Escalation::new(severity, reason, payload)))
+    }
+}
+
+impl<M> From<Escalation<M>> for Verdict<M> {
+    /// [`Verdict::Escalate`] with this escalation.
+    fn from(escalation: Escalation<M>) -> Self {
+        Verdict::Escalate(Box::new(escalation))
     }
 }
 

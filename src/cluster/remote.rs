@@ -455,7 +455,7 @@ where
             } => {
                 let mut e = Escalation::new(severity, reason, payload);
                 e.key = key;
-                Ok(Verdict::Escalate(e))
+                Ok(e.into())
             }
             WireVerdict::Crashed(r) => Err(crash(format!("on node {peer}: {r}"))),
             WireVerdict::Rejected(r) => Err(AgentError::reject(format!("on node {peer}: {r}"))),

@@ -235,17 +235,26 @@ impl<M: crate::Message> Shared<M> {
 
     /// The task is complete at `at`.
     #[inline]
-    pub(crate) fn complete(&self, at: &Slot<M>, mut head: TaskHead<M>, reply: Option<M>) {
+    pub(crate) fn complete(&self, at: &Slot<M>, head: TaskHead<M>, reply: Option<M>) {
         if head.in_chain() {
             // a chained pipeline's stage is done: the hop to the next stage
             return crate::pipeline::chain::stage_done(self, at, head, reply);
         }
         bump(&at.stats.own.completed);
-        if let Some(tx) = head.reply.take() {
-            tx.send(Outcome::Completed {
+        // taken apart and matched by value, so that a `None` needs no drop call (the
+        // drop of a whole head calls one per field)
+        let TaskHead {
+            reply: to, meta, ..
+        } = head;
+        let trail = match meta {
+            Some(meta) => meta.trail,
+            None => Vec::new(),
+        };
+        if let Some(to) = to {
+            to.send(Outcome::Completed {
                 reply,
                 by: at.path.clone(),
-                trail: head.take_trail(),
+                trail,
             });
         }
     }

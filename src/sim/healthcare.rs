@@ -158,7 +158,7 @@ impl Agent for Monitor {
             episode: r.episode,
         };
         let reason = format!("{} for patient {}", condition.name(), r.patient);
-        Ok(Verdict::Escalate(
+        Ok(Verdict::from(
             Escalation::new(severity, reason, Ward::Finding(finding))
                 .with_key(format!("{}/{:?}", r.patient, condition)),
         ))
@@ -231,7 +231,7 @@ impl Agent for Diagnostic {
         self.sim.escalated(ctx.now());
         let reason = format!("{} pattern for patient {}", f.condition.name(), f.patient);
         let key = format!("{}/{:?}", f.patient, f.condition);
-        Ok(Verdict::Escalate(
+        Ok(Verdict::from(
             Escalation::new(combined, reason, Ward::Finding(f)).with_key(key),
         ))
     }
@@ -274,7 +274,7 @@ impl Agent for Decision {
             f.patient
         );
         let key = format!("{}/{:?}", f.patient, f.condition);
-        Ok(Verdict::Escalate(
+        Ok(Verdict::from(
             Escalation::new(f.severity, reason, Ward::Finding(f)).with_key(key),
         ))
     }

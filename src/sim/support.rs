@@ -105,7 +105,7 @@ impl Agent for Specialist {
             self.pool_name,
             if t.high { ", high priority" } else { "" }
         );
-        Ok(Verdict::Escalate(Escalation::new(severity, reason, t)))
+        Ok(Escalation::new(severity, reason, t).into())
     }
 }
 
@@ -142,7 +142,7 @@ impl Agent for TierTwo {
         }
         self.sim.escalated(ctx.now());
         let reason = format!("ticket {} needs a human (severity {severity:.2})", t.id);
-        Ok(Verdict::Escalate(Escalation::new(severity, reason, t)))
+        Ok(Escalation::new(severity, reason, t).into())
     }
 }
 
