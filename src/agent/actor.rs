@@ -309,6 +309,8 @@ impl<A: Agent> AgentState<A> {
     /// is settled and a stop asked by the handler is carried out. The future holds
     /// `self` and the handler's future alone (see [`Handling`]). Always `Ok`: the
     /// result type is the one ractor's `handle` returns.
+    // not an async fn: see the first comment inside
+    #[allow(clippy::manual_async_fn)]
     fn first_attempt(
         &mut self,
     ) -> impl Future<Output = Result<(), ActorProcessingErr>> + Send + '_ {
