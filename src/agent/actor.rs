@@ -19,13 +19,14 @@ use crate::node::{Directive, Exit, NodeMsg};
 use crate::panic::{catch, CatchUnwind};
 
 /// What [`AgentActor::handle`] returns: a task's first attempt on the fast path
-/// ([`AgentState::first_attempt`], whose future holds the state's address and the
-/// user's handler future, nothing else), the boxed future of a rare path, or nothing
-/// left to do (a message handled on the spot).
+/// ([`AgentState::first_attempt`], whose future holds the state's address, the user's
+/// handler future and the catch wrapper's pointer to it, nothing else), the boxed
+/// future of a rare path, or nothing left to do (a message handled on the spot).
 ///
-/// ractor keeps this future's space in the actor's task for the actor's whole life and
-/// moves it twice per message (into its signal `select!`): small, it moves in a few
-/// register stores instead of a `memcpy` call.
+/// ractor keeps this future's space in the actor's message-loop box for the actor's
+/// whole life, and moves its own `handle_message` future, sized to hold this one, twice
+/// per message (into its signal `select!`): small, it moves in a few register stores
+/// instead of a `memcpy` call.
 type Handling<'a, F> = Either<F, Either<Rare<'a>, Ready<Result<(), ActorProcessingErr>>>>;
 
 /// The future of a rare path in [`AgentActor::handle`], sized by that path.
