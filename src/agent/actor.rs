@@ -151,8 +151,6 @@ impl<A: Agent> Actor for AgentActor<A> {
                 if state.begin(task, &myself) {
                     Either::Left(state.first_attempt())
                 } else {
-                    // the task already has its outcome (its `Clone` panicked)
-                    state.ctx.slot.settle();
                     handled()
                 }
             }
@@ -232,9 +230,6 @@ impl<A: Agent> AgentState<A> {
                 if self.begin(task, myself) {
                     // always Ok: the fast path gives every task its outcome itself
                     let _ = self.first_attempt().await;
-                } else {
-                    // the task already has its outcome (its `Clone` panicked)
-                    self.ctx.slot.settle();
                 }
             } else {
                 self.take_slow(task, myself).await;
@@ -266,7 +261,7 @@ impl<A: Agent> AgentState<A> {
     /// The fast path's first attempt, before the handler: the context set to the task,
     /// and its head, its payload and a copy of the payload for a redelivery (only when
     /// one may happen) put in [`Self::parked`]. False if the task already has its
-    /// outcome (its `Clone` panicked).
+    /// outcome (its `Clone` panicked): it is then failed and settled here.
     #[inline(always)]
     fn begin(&mut self, task: Task<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) -> bool {
         let Task { mut head, payload } = task;
@@ -278,6 +273,7 @@ impl<A: Agent> AgentState<A> {
                     let why = format!("cloning the message for a possible retry {p}");
                     let (shared, slot) = (&self.ctx.shared, &self.ctx.slot);
                     shared.fail_as(slot, head, &why, FailureKind::Crashed);
+                    slot.settle();
                     return false;
                 }
             }

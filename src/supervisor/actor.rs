@@ -114,7 +114,7 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
         let mut children: Vec<Child<M>> = Vec::with_capacity(team.children.len());
         let mut failure = None;
         for (child, result) in team.children.iter().zip(started) {
-            match result.unwrap_or_else(|panic| Err(format!("its start panicked: {panic}"))) {
+            match result.unwrap_or_else(|panic| Err(format!("its start {panic}"))) {
                 Ok(r) => children.push(Child {
                     spec: child.clone(),
                     actor: Some(r.get_id()),
