@@ -10,7 +10,8 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ractor::{ActorRef, MessagingErr};
@@ -37,6 +38,17 @@ pub(crate) struct Slot<M> {
     waiters: AtomicUsize,
     /// Messages in the pending queue (counted toward the capacity).
     pending_len: AtomicU64,
+    /// Agents only: the agent is working, or a task or a [`NodeMsg::Drain`] is on its
+    /// way to it, so a new task waits in the queue behind the mailbox ([`Side`])
+    /// instead of being a mailbox message of its own. Whoever sets it owns the queue:
+    /// the agent takes from the queue only while it owns it, and a sender who sets it
+    /// sends a mailbox message, whose handling does.
+    busy: AtomicBool,
+    /// Tasks in the queue behind the mailbox: counted by a sender after its push and
+    /// by the agent after its pop (so for a moment it can be one below the truth, never
+    /// above while something waits). A sender sends to the mailbox only when it is 0:
+    /// what that sender queued before has been taken.
+    queued: AtomicI64,
     /// What few slots need, allocated the first time one does (a slot is on every
     /// agent: its size is a good part of an idle agent's memory).
     extras: OnceLock<Box<Extras<M>>>,
@@ -66,9 +78,36 @@ impl<M> Default for Extras<M> {
 
 struct Mailbox<M> {
     actor: Option<ActorRef<NodeMsg<M>>>,
+    /// The incarnation's queue behind its mailbox, made by the first sender that finds
+    /// the agent busy; it goes with the incarnation (taken by `detach`).
+    side: OnceLock<Box<Side<M>>>,
     /// The close reason and the messages waiting for the next incarnation; `None`
     /// while the slot is open with nothing pending, as it is nearly always.
     idle: Option<Box<Idle<M>>>,
+}
+
+/// An agent incarnation's queue behind its ractor mailbox.
+///
+/// A task sent to an idle agent is a mailbox message of its own, as in ractor. A task
+/// sent while the agent is busy (see [`Slot::busy`]) goes here, and the agent takes
+/// everything waiting here after the task in hand, before its next mailbox message:
+/// under load, many tasks cost one mailbox message (ractor's message loop costs about
+/// six times a channel's push and pop per message). Only tasks and batches go here.
+struct Side<M> {
+    tx: mpsc::Sender<NodeMsg<M>>,
+    /// Taken by the agent at its first look, and kept in its state: if the actor dies,
+    /// what was queued goes with it, as a dead actor's mailbox does.
+    rx: Mutex<Option<mpsc::Receiver<NodeMsg<M>>>>,
+}
+
+impl<M> Side<M> {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel();
+        Side {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
 }
 
 struct Idle<M> {
@@ -119,6 +158,7 @@ impl<M: Send + 'static> Slot<M> {
             role,
             mailbox: RwLock::new(Mailbox {
                 actor: None,
+                side: OnceLock::new(),
                 idle: None,
             }),
             stats: NodeStats::default(),
@@ -126,6 +166,8 @@ impl<M: Send + 'static> Slot<M> {
             capacity: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             pending_len: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            queued: AtomicI64::new(0),
             extras: OnceLock::new(),
         }
     }
@@ -226,6 +268,26 @@ impl<M: Send + 'static> Slot<M> {
         }
     }
 
+    /// What a router's or pipeline's finished request calls
+    /// ([`crate::lead::Runs::on_done`]): wake the senders waiting for room at this lead
+    /// slot, if there are any. The lead's in-flight count was lowered just before; the
+    /// fence here and the one a waiter makes after registering (`wait_for_room`) mean
+    /// that either the waiter sees the lower count or this sees the waiter. Most
+    /// requests finish with nobody waiting, and then no lock is taken (tokio's
+    /// `notify_waiters` takes its waiters' mutex even with none). The slot is held
+    /// weakly: its intake holds the lead, which holds this.
+    pub(crate) fn room_waker(self: &Arc<Self>) -> impl Fn() + Send + Sync + 'static {
+        let slot = Arc::downgrade(self);
+        move || {
+            if let Some(s) = slot.upgrade() {
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if s.waiters.load(Ordering::SeqCst) > 0 {
+                    s.wake_waiters();
+                }
+            }
+        }
+    }
+
     /// The node is done with one task: count it, and wake a sender waiting for room.
     #[inline]
     pub(crate) fn settle(&self) {
@@ -287,6 +349,15 @@ impl<M: Send + 'static> Slot<M> {
                 return Err((msg, reason.clone()));
             }
             match &mb.actor {
+                Some(actor)
+                    if self.role == Role::Agent
+                        && matches!(msg, NodeMsg::Task(_) | NodeMsg::Batch(_)) =>
+                {
+                    match self.to_agent(&mb, actor, msg, counted) {
+                        Ok(()) => return Ok(()),
+                        Err(m) => m,
+                    }
+                }
                 Some(actor) => match self.try_send(actor, msg, counted) {
                     Ok(()) => return Ok(()),
                     Err(m) => m,
@@ -295,6 +366,85 @@ impl<M: Send + 'static> Slot<M> {
             }
         };
         self.deliver_slow(msg, counted)
+    }
+
+    /// Work for a live agent: a mailbox message of its own if the agent is idle, else
+    /// into the queue behind its mailbox ([`Side`]). On refusal (dead actor) the
+    /// message comes back.
+    ///
+    /// One sender's tasks keep their order: a sender's task goes to the mailbox only
+    /// when nothing is queued (so what it queued before has been taken by the agent,
+    /// which finishes it before its next mailbox message) and it becomes the queue's
+    /// owner, so the agent takes nothing queued after it until it has handled it.
+    #[inline(always)]
+    fn to_agent(
+        &self,
+        mb: &Mailbox<M>,
+        actor: &ActorRef<NodeMsg<M>>,
+        msg: NodeMsg<M>,
+        counted: u64,
+    ) -> Result<(), NodeMsg<M>> {
+        if self.queued.load(Ordering::SeqCst) <= 0
+            && !self.busy.load(Ordering::Relaxed)
+            && !self.busy.swap(true, Ordering::SeqCst)
+        {
+            return self.try_send(actor, msg, counted);
+        }
+        self.queue_behind(mb, actor, msg, counted)
+    }
+
+    /// [`Slot::to_agent`] for a busy agent.
+    #[inline(never)]
+    fn queue_behind(
+        &self,
+        mb: &Mailbox<M>,
+        actor: &ActorRef<NodeMsg<M>>,
+        msg: NodeMsg<M>,
+        counted: u64,
+    ) -> Result<(), NodeMsg<M>> {
+        let side = mb.side.get_or_init(|| Box::new(Side::new()));
+        crate::accounting::add(&self.stats.tx.enqueued, counted);
+        if let Err(mpsc::SendError(m)) = side.tx.send(msg) {
+            // the receiver went with a dead actor
+            self.stats.tx.enqueued.fetch_sub(counted, Ordering::AcqRel);
+            return Err(m);
+        }
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        // Paired with the agent's `release` (it clears `busy`, then counts the queue):
+        // either the agent sees this task and takes the queue back, or this sees the
+        // queue without an owner and gives it one: a `Drain` for the agent.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !self.busy.load(Ordering::SeqCst) && !self.busy.swap(true, Ordering::SeqCst) {
+            // refused only by a dead actor, whose queue goes with it (`detach`)
+            let _ = actor.send_message(NodeMsg::Drain);
+        }
+        Ok(())
+    }
+
+    /// The agent gives up the queue behind its mailbox (see [`Slot::busy`]). True if
+    /// tasks wait there and it took the queue back: it must then take them. Paired with
+    /// the fence in [`Slot::queue_behind`].
+    #[inline]
+    pub(crate) fn release(&self) -> bool {
+        self.busy.store(false, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.queued.load(Ordering::SeqCst) > 0 && !self.busy.swap(true, Ordering::SeqCst)
+    }
+
+    /// The agent took one task off the queue behind its mailbox.
+    #[inline]
+    pub(crate) fn took_queued(&self) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The receiving end of the queue behind the agent's mailbox, for the agent to
+    /// keep for the rest of its incarnation; `None` if there is no queue yet (or the
+    /// agent already took it).
+    pub(crate) fn take_side(&self) -> Option<mpsc::Receiver<NodeMsg<M>>> {
+        let mb = self.read();
+        let side = mb.side.get()?;
+        let rx = side.rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        rx
     }
 
     /// [`Slot::deliver`] when the incarnation is dead or not yet attached.
@@ -385,10 +535,16 @@ impl<M: Send + 'static> Slot<M> {
     pub(crate) fn detach(&self) -> u64 {
         let mut mb = self.write();
         mb.actor = None;
+        // the queue behind the mailbox goes with the incarnation, as the mailbox does
+        let side = mb.side.take();
+        self.busy.store(false, Ordering::SeqCst);
+        self.queued.store(0, Ordering::SeqCst);
         let lost = self.stats.unsettled();
         // the lost messages are now settled (by their loss)
         crate::accounting::add(&self.stats.own.settled, lost);
         drop(mb);
+        // the queued tasks' drops answer their callers: outside the lock
+        drop(side);
         self.wake_waiters();
         lost
     }

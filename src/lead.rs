@@ -433,7 +433,8 @@ impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
                     reason: Arc::from("its children are supervised by its team"),
                 });
             }
-            NodeMsg::Respawn { .. } => {}
+            // only agents queue tasks behind their mailbox
+            NodeMsg::Respawn { .. } | NodeMsg::Drain => {}
             NodeMsg::Reset => {
                 self.lead.init(&st.node.node());
                 bump(&st.node.slot.stats.own.rare().restarts);

@@ -39,6 +39,9 @@ pub(crate) enum NodeMsg<M> {
     Reset,
     /// Stop: no new work; fail what is queued if the hierarchy is aborting, then exit.
     Stop { reason: Arc<str> },
+    /// Agents only: tasks wait in the agent's queue behind its mailbox
+    /// (`Slot::deliver`), and nobody is taking them: take them now, in order.
+    Drain,
 }
 
 // With ractor's `cluster` feature (echelon's `cluster`), ractor no longer implements

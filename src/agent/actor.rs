@@ -29,6 +29,10 @@ use crate::panic::{catch, CatchUnwind};
 /// instead of a `memcpy` call.
 type Handling<'a, F> = Either<F, Either<Rare<'a>, Ready<Result<(), ActorProcessingErr>>>>;
 
+/// Tasks taken from the queue behind the mailbox between two yields of the worker
+/// thread (tokio's own budget per task poll is 128).
+const DRAIN_BEFORE_YIELD: u32 = 128;
+
 /// The future of a rare path in [`AgentActor::handle`], sized by that path.
 type Rare<'a> = Pin<Box<dyn Future<Output = Result<(), ActorProcessingErr>> + Send + 'a>>;
 
@@ -58,6 +62,10 @@ struct InHand<M> {
     payload: Option<M>,
     /// This actor's own ref, for the rare paths after a handler (a redelivery, a stop).
     myself: ActorRef<NodeMsg<M>>,
+    /// The receiving end of the queue behind this incarnation's mailbox
+    /// (`Slot::deliver`), taken from the slot at the first look and kept: it goes
+    /// with the incarnation, and so does what it holds.
+    side: Option<std::sync::mpsc::Receiver<NodeMsg<M>>>,
 }
 
 /// Builds agent values: once per incarnation. A thin pointer (to a boxed closure):
@@ -151,7 +159,7 @@ impl<A: Agent> Actor for AgentActor<A> {
                 if state.begin(task, &myself) {
                     Either::Left(state.first_attempt())
                 } else {
-                    handled()
+                    state.after_mailbox_task(myself)
                 }
             }
             other => state.other_message(other, myself),
@@ -172,10 +180,18 @@ impl<A: Agent> AgentState<A> {
     ) -> Handling<'_, F> {
         let state = self;
         match msg {
-            NodeMsg::Task(task) => rare(async move { state.take_slow(task, &myself).await }),
+            NodeMsg::Task(task) => rare(async move {
+                state.take_slow(task, &myself).await;
+                state.after_task(myself).await;
+            }),
             // each task of a batch is a task of its own: checked, counted, settled,
             // crashed and redelivered one at a time, in order
-            NodeMsg::Batch(batch) => rare(async move { state.take_batch(batch, &myself).await }),
+            NodeMsg::Batch(batch) => rare(async move {
+                state.take_batch(batch, &myself).await;
+                state.after_task(myself).await;
+            }),
+            // a sender queued a task and found this agent idle: look
+            NodeMsg::Drain => state.after_mailbox_task(myself),
             NodeMsg::Escalation(task) => {
                 let reason = format!(
                     "{} is an agent, not a supervisor: it takes no escalations",
@@ -225,6 +241,14 @@ impl<A: Agent> AgentState<A> {
 
     /// The tasks of a batch, one at a time, each exactly like a task sent alone.
     async fn take_batch(&mut self, batch: Batch<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
+        // the agent is idle only after the whole batch: a task queued behind the
+        // mailbox meanwhile comes after it
+        let outer = std::mem::replace(&mut self.ctx.draining, true);
+        self.take_batch_tasks(batch, myself).await;
+        self.ctx.draining = outer;
+    }
+
+    async fn take_batch_tasks(&mut self, batch: Batch<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
         for task in batch {
             if self.ready() {
                 if self.begin(task, myself) {
@@ -295,6 +319,7 @@ impl<A: Agent> AgentState<A> {
                     current: Some((head, spare)),
                     payload: Some(payload),
                     myself: myself.clone(),
+                    side: None,
                 }))
             }
         }
@@ -330,6 +355,15 @@ impl<A: Agent> AgentState<A> {
                 let fut = pin!(agent.handle(&mut self.ctx, payload));
                 CatchUnwind::new(fut).await
             };
+            // The queue behind the mailbox is given up as soon as the handler is done,
+            // before the verdict answers anyone: a caller answered below and sending
+            // again at once then finds the agent idle, and its task is a mailbox
+            // message as in ractor, not queued for a drain. If tasks wait, the queue is
+            // taken back and drained at the end. (The answer is kept in the context: a
+            // flag held across the awaits below would grow every agent's future.)
+            if !self.ctx.draining {
+                self.ctx.drain_after = self.ctx.slot.release();
+            }
             // the crash moves into the boxed redelivery before the await: held across
             // it, its 88 bytes would be in this future, and so in every agent's task
             if let Some(redeliver) = self
@@ -344,7 +378,113 @@ impl<A: Agent> AgentState<A> {
             if self.take_stop_request() {
                 Box::pin(self.exit_in_hand()).await;
             }
+            if self.ctx.drain_after {
+                self.ctx.drain_after = false;
+                if let Some(myself) = self.myself() {
+                    self.drain_side(myself).await;
+                }
+            }
             Ok(())
+        }
+    }
+
+    /// After a task from the mailbox, handled on the spot: the agent is idle again,
+    /// unless tasks wait behind its mailbox.
+    fn after_mailbox_task<F>(&mut self, myself: ActorRef<NodeMsg<A::Msg>>) -> Handling<'_, F> {
+        if self.ctx.slot.release() {
+            rare(self.drain_side(myself))
+        } else {
+            handled()
+        }
+    }
+
+    /// After a task or a batch from the mailbox: the agent is idle again, unless tasks
+    /// wait behind its mailbox (then it takes them). Not during a drain, which
+    /// declares the agent idle itself once the queue is empty.
+    async fn after_task(&mut self, myself: ActorRef<NodeMsg<A::Msg>>) {
+        if !self.ctx.draining && self.ctx.slot.release() {
+            self.drain_side(myself).await;
+        }
+    }
+
+    /// The next message queued behind the mailbox, if any. The receiver lives in the
+    /// box in hand (made here if no task has made it yet); it is taken from the slot at
+    /// the first look.
+    fn next_queued(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> Option<NodeMsg<A::Msg>> {
+        let b = self.parked.get_or_insert_with(|| {
+            Box::new(InHand {
+                current: None,
+                payload: None,
+                myself: myself.clone(),
+                side: None,
+            })
+        });
+        if b.side.is_none() {
+            b.side = self.ctx.slot.take_side();
+        }
+        let msg = b.side.as_ref()?.try_recv().ok()?;
+        self.ctx.slot.took_queued();
+        Some(msg)
+    }
+
+    /// Take the tasks queued behind the mailbox (`Slot::deliver`), in order, each
+    /// exactly like a task from the mailbox, while this agent owns the queue (see
+    /// `Slot::busy`): until it is empty and given up. Boxed: a task taken here is a
+    /// first attempt, whose future may come back here (it does not, while `draining`
+    /// is set, but the types nest).
+    fn drain_side(
+        &mut self,
+        myself: ActorRef<NodeMsg<A::Msg>>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let outer = std::mem::replace(&mut self.ctx.draining, true);
+            let mut since_yield = 0u32;
+            loop {
+                while let Some(msg) = self.next_queued(&myself) {
+                    self.side_msg(msg, &myself).await;
+                    since_yield += 1;
+                    if since_yield == DRAIN_BEFORE_YIELD {
+                        // the worker thread is shared: let other actors run; this
+                        // actor's next mailbox message still waits for the drain
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
+                }
+                // empty: give the queue up, unless a sender got a task in before it
+                // saw that (it then relies on this look)
+                if !self.ctx.slot.release() {
+                    break;
+                }
+            }
+            self.ctx.draining = outer;
+        })
+    }
+
+    /// One message from the queue behind the mailbox: a task or a batch.
+    async fn side_msg(&mut self, msg: NodeMsg<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
+        match msg {
+            NodeMsg::Task(task) => {
+                if self.ready() {
+                    if self.begin(task, myself) {
+                        // always Ok: the fast path gives every task its outcome itself
+                        let _ = self.first_attempt().await;
+                    }
+                } else {
+                    self.take_slow(task, myself).await;
+                }
+            }
+            NodeMsg::Batch(batch) => self.take_batch(batch, myself).await,
+            // `Slot::deliver` queues nothing else; fail what carries a task, loudly
+            other => {
+                tracing::error!(node = %self.ctx.path(), "echelon bug: a message other than a task was queued behind the mailbox");
+                refuse(
+                    &self.ctx.shared,
+                    &self.ctx.slot,
+                    other,
+                    "echelon bug: misqueued",
+                );
+                self.ctx.slot.settle();
+            }
         }
     }
 
@@ -842,6 +982,6 @@ pub(crate) fn refuse<M: crate::Message>(
                 reason: Arc::from(reason),
             });
         }
-        NodeMsg::Reset | NodeMsg::Stop { .. } | NodeMsg::Respawn { .. } => {}
+        NodeMsg::Reset | NodeMsg::Stop { .. } | NodeMsg::Respawn { .. } | NodeMsg::Drain => {}
     }
 }

@@ -35,6 +35,13 @@ pub struct Ctx<M> {
     /// The agent's actor is stopping (its slot is closed): no more handler runs. Kept
     /// here, where it costs no space, rather than in the actor's state.
     pub(crate) stopping: bool,
+    /// The agent is taking a sequence of tasks (a batch, or the tasks queued behind
+    /// its mailbox): a task it finishes does not declare it idle; the end of the
+    /// sequence does.
+    pub(crate) draining: bool,
+    /// The first attempt gave up the queue behind the mailbox as soon as its handler
+    /// was done, found tasks there and took it back: it takes them when it is done.
+    pub(crate) drain_after: bool,
 }
 
 impl<M> fmt::Debug for Ctx<M> {
@@ -63,6 +70,8 @@ impl<M: crate::Message> Ctx<M> {
             meta: None,
             stop_requested: false,
             stopping: false,
+            draining: false,
+            drain_after: false,
         }
     }
 

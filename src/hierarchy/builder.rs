@@ -613,12 +613,7 @@ impl<M: crate::Message> Plan<'_, M> {
                 });
                 self.dir.routers.insert(router_slot.uid, inner.clone());
                 router_slot.count_in_flight(inner.runs.active());
-                let waker = Arc::downgrade(&router_slot);
-                inner.runs.on_done(move || {
-                    if let Some(s) = waker.upgrade() {
-                        s.wake_waiters();
-                    }
-                });
+                inner.runs.on_done(router_slot.room_waker());
                 let router = lead(router_slot, Arc::new(Box::new(LeadSpawner { lead: inner })));
                 let first = &cfg.workers[0];
                 Ok(self.team(router, team_slot, reports, first, sup, tier.restart))
@@ -654,12 +649,7 @@ impl<M: crate::Message> Plan<'_, M> {
                     home: std::sync::OnceLock::new(),
                 });
                 pipe_slot.count_in_flight(inner.runs.active());
-                let waker = Arc::downgrade(&pipe_slot);
-                inner.runs.on_done(move || {
-                    if let Some(s) = waker.upgrade() {
-                        s.wake_waiters();
-                    }
-                });
+                inner.runs.on_done(pipe_slot.room_waker());
                 let pipe = lead(pipe_slot, Arc::new(Box::new(LeadSpawner { lead: inner })));
                 let first = members.first().map_or(tier, |m| m.tier);
                 Ok(self.team(pipe, team_slot, reports, first, sup, tier.restart))

@@ -207,6 +207,8 @@ impl<M: crate::Message> Actor for SupervisorActor<M> {
                 }
             }
             NodeMsg::Stop { reason } => state.begin_stop(reason, &myself),
+            // only agents queue tasks behind their mailbox
+            NodeMsg::Drain => {}
         }
         Ok(())
     }
