@@ -44,10 +44,10 @@ pub(crate) struct Slot<M> {
     /// the agent takes from the queue only while it owns it, and a sender who sets it
     /// sends a mailbox message, whose handling does.
     busy: AtomicBool,
-    /// Tasks in the queue behind the mailbox: counted by a sender after its push and
-    /// by the agent after its pop (so for a moment it can be one below the truth, never
-    /// above while something waits). A sender sends to the mailbox only when it is 0:
-    /// what that sender queued before has been taken.
+    /// Tasks in the queue behind the mailbox, or being pushed: counted by a sender
+    /// before its push and by the agent after its pop, so never below what waits. A
+    /// sender sends to the mailbox only when it is 0: what that sender queued before
+    /// has been taken.
     queued: AtomicI64,
     /// What few slots need, allocated the first time one does (a slot is on every
     /// agent: its size is a good part of an idle agent's memory).
@@ -349,16 +349,7 @@ impl<M: Send + 'static> Slot<M> {
                 return Err((msg, reason.clone()));
             }
             match &mb.actor {
-                Some(actor)
-                    if self.role == Role::Agent
-                        && matches!(msg, NodeMsg::Task(_) | NodeMsg::Batch(_)) =>
-                {
-                    match self.to_agent(&mb, actor, msg, counted) {
-                        Ok(()) => return Ok(()),
-                        Err(m) => m,
-                    }
-                }
-                Some(actor) => match self.try_send(actor, msg, counted) {
+                Some(actor) => match self.send_to(&mb, actor, msg, counted) {
                     Ok(()) => return Ok(()),
                     Err(m) => m,
                 },
@@ -366,6 +357,25 @@ impl<M: Send + 'static> Slot<M> {
             }
         };
         self.deliver_slow(msg, counted)
+    }
+
+    /// Send to the live incarnation `actor`: work for an agent through
+    /// [`Slot::to_agent`] (every task or batch an agent finds in its mailbox was sent
+    /// by the owner of its queue, whose handling gives the queue up), anything else to
+    /// the mailbox. On refusal (dead actor) the message comes back.
+    #[inline(always)]
+    fn send_to(
+        &self,
+        mb: &Mailbox<M>,
+        actor: &ActorRef<NodeMsg<M>>,
+        msg: NodeMsg<M>,
+        counted: u64,
+    ) -> Result<(), NodeMsg<M>> {
+        if self.role == Role::Agent && matches!(msg, NodeMsg::Task(_) | NodeMsg::Batch(_)) {
+            self.to_agent(mb, actor, msg, counted)
+        } else {
+            self.try_send(actor, msg, counted)
+        }
     }
 
     /// Work for a live agent: a mailbox message of its own if the agent is idle, else
@@ -384,10 +394,7 @@ impl<M: Send + 'static> Slot<M> {
         msg: NodeMsg<M>,
         counted: u64,
     ) -> Result<(), NodeMsg<M>> {
-        if self.queued.load(Ordering::SeqCst) <= 0
-            && !self.busy.load(Ordering::Relaxed)
-            && !self.busy.swap(true, Ordering::SeqCst)
-        {
+        if self.queued.load(Ordering::SeqCst) <= 0 && !self.busy.swap(true, Ordering::SeqCst) {
             return self.try_send(actor, msg, counted);
         }
         self.queue_behind(mb, actor, msg, counted)
@@ -402,18 +409,26 @@ impl<M: Send + 'static> Slot<M> {
         msg: NodeMsg<M>,
         counted: u64,
     ) -> Result<(), NodeMsg<M>> {
+        // A dying actor's mailbox refuses, and its queue must too: the task then waits
+        // in the slot for the next incarnation, as a mailbox send would.
+        if actor.get_status() >= ractor::ActorStatus::Stopping {
+            return Err(msg);
+        }
         let side = mb.side.get_or_init(|| Box::new(Side::new()));
         crate::accounting::add(&self.stats.tx.enqueued, counted);
+        // Counted before the push, so the count is never below what waits (a sender
+        // uses the mailbox only at 0), and paired with the agent's `release` (it clears
+        // `busy`, then reads the count), all SeqCst, so in one total order: either the
+        // agent reads this count and takes the queue back (and waits for the push if
+        // it has not landed), or this reads `busy` cleared and gives the queue an
+        // owner: a `Drain` for the agent.
+        self.queued.fetch_add(1, Ordering::SeqCst);
         if let Err(mpsc::SendError(m)) = side.tx.send(msg) {
             // the receiver went with a dead actor
+            self.queued.fetch_sub(1, Ordering::SeqCst);
             self.stats.tx.enqueued.fetch_sub(counted, Ordering::AcqRel);
             return Err(m);
         }
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        // Paired with the agent's `release` (it clears `busy`, then counts the queue):
-        // either the agent sees this task and takes the queue back, or this sees the
-        // queue without an owner and gives it one: a `Drain` for the agent.
-        std::sync::atomic::fence(Ordering::SeqCst);
         if !self.busy.load(Ordering::SeqCst) && !self.busy.swap(true, Ordering::SeqCst) {
             // refused only by a dead actor, whose queue goes with it (`detach`)
             let _ = actor.send_message(NodeMsg::Drain);
@@ -423,11 +438,10 @@ impl<M: Send + 'static> Slot<M> {
 
     /// The agent gives up the queue behind its mailbox (see [`Slot::busy`]). True if
     /// tasks wait there and it took the queue back: it must then take them. Paired with
-    /// the fence in [`Slot::queue_behind`].
+    /// [`Slot::queue_behind`]'s count and read of `busy` (see there).
     #[inline]
     pub(crate) fn release(&self) -> bool {
         self.busy.store(false, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
         self.queued.load(Ordering::SeqCst) > 0 && !self.busy.swap(true, Ordering::SeqCst)
     }
 
@@ -455,7 +469,7 @@ impl<M: Send + 'static> Slot<M> {
             return Err((msg, reason.clone()));
         }
         let msg = match &mb.actor {
-            Some(actor) => match self.try_send(actor, msg, counted) {
+            Some(actor) => match self.send_to(&mb, actor, msg, counted) {
                 Ok(()) => return Ok(()),
                 Err(m) => m,
             },
@@ -510,19 +524,26 @@ impl<M: Send + 'static> Slot<M> {
         if mb.closed().is_some() {
             return false;
         }
-        if let Some(idle) = mb.idle.as_mut() {
-            let pending = idle.pending();
-            while let Some(m) = pending.pop_front() {
-                let counted = m.tasks();
-                if let Err(m) = self.try_send(&actor, m, counted) {
-                    pending.push_front(m);
-                    break;
-                }
-                self.pending_len.fetch_sub(counted.max(1), Ordering::AcqRel);
+        // in order, through `send_to`: the first task goes to the new mailbox and owns
+        // the agent's queue, the tasks after it queue behind it
+        let mut pending = match mb.idle.as_mut() {
+            Some(idle) => std::mem::take(idle.pending()),
+            None => VecDeque::new(),
+        };
+        while let Some(m) = pending.pop_front() {
+            let counted = m.tasks();
+            if let Err(m) = self.send_to(&mb, &actor, m, counted) {
+                pending.push_front(m);
+                break;
             }
+            self.pending_len.fetch_sub(counted.max(1), Ordering::AcqRel);
+        }
+        if let Some(idle) = mb.idle.as_mut() {
             if pending.is_empty() {
                 // open and nothing pending: give the memory back
                 mb.idle = None;
+            } else {
+                *idle.pending() = pending;
             }
         }
         mb.actor = Some(actor);

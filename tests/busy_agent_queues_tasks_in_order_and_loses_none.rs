@@ -61,11 +61,20 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    rig_with(Duration::ZERO).await
+}
+
+/// The rig with a restart backoff: a killed agent is respawned after `backoff`.
+async fn rig_with(backoff: Duration) -> Rig {
     let (seen_tx, seen) = mpsc::unbounded_channel();
     let (entered_tx, entered) = mpsc::unbounded_channel();
     let gate = Arc::new(Notify::new());
     let g = gate.clone();
-    let h = Hierarchy::builder("busy")
+    let mut b = Hierarchy::builder("busy");
+    if !backoff.is_zero() {
+        b = b.backoff(Backoff::exponential(backoff, backoff));
+    }
+    let h = b
         .tier("w", 1, move |_| Recorder {
             seen: seen_tx.clone(),
             entered: entered_tx.clone(),
@@ -241,4 +250,45 @@ async fn a_graceful_shutdown_handles_everything_queued() {
         handled += 1;
     }
     assert_eq!(handled, N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_holds_across_a_respawn_with_tasks_waiting_for_it() {
+    const N: u32 = 20_000;
+    let mut r = rig_with(Duration::from_millis(20)).await;
+    let w = r.h.agent("w/0").expect("w/0");
+    for i in 0..N {
+        if i == N / 4 {
+            // the tasks sent from here wait in the slot while no actor is attached,
+            // then go to the new incarnation while this keeps sending
+            assert!(w.kill(), "the agent had a live actor");
+        }
+        w.send(Job::Seq(0, i)).expect("send");
+        if i % 256 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // the respawn may come after every task has its outcome (all of them can be
+    // lost with the killed actor when it dies before it takes any): wait for it
+    within(10, "the respawn", async {
+        while w.counters().restarts < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let c = support::idle(&r.h, 30).await;
+    assert_eq!(c.restarts, 1, "{c:?}");
+    assert_eq!(c.completed + c.failed, u64::from(N), "{c:?}");
+    let mut last = None;
+    let mut handled = 0u64;
+    while let Ok((_, i)) = r.seen.try_recv() {
+        if let Some(l) = last {
+            assert!(i > l, "task {i} was handled after task {l}");
+        }
+        last = Some(i);
+        handled += 1;
+    }
+    assert_eq!(handled, c.completed, "{c:?}");
+    let report = r.h.shutdown(Duration::from_secs(10)).await;
+    assert!(report.counters.is_balanced(), "{:?}", report.counters);
 }

@@ -440,7 +440,9 @@ impl<A: Agent> AgentState<A> {
             let outer = std::mem::replace(&mut self.ctx.draining, true);
             let mut since_yield = 0u32;
             loop {
+                let mut took = false;
                 while let Some(msg) = self.next_queued(&myself) {
+                    took = true;
                     self.side_msg(msg, &myself).await;
                     since_yield += 1;
                     if since_yield == DRAIN_BEFORE_YIELD {
@@ -449,6 +451,11 @@ impl<A: Agent> AgentState<A> {
                         since_yield = 0;
                         tokio::task::yield_now().await;
                     }
+                }
+                if !took {
+                    // counted but not yet pushed (its sender was interrupted between
+                    // the two): let it finish
+                    tokio::task::yield_now().await;
                 }
                 // empty: give the queue up, unless a sender got a task in before it
                 // saw that (it then relies on this look)
