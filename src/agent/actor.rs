@@ -361,8 +361,8 @@ impl<A: Agent> AgentState<A> {
             // message as in ractor, not queued for a drain. If tasks wait, the queue is
             // taken back and drained at the end. (The answer is kept in the context: a
             // flag held across the awaits below would grow every agent's future.)
-            if !self.ctx.draining {
-                self.ctx.drain_after = self.ctx.slot.release();
+            if !self.ctx.draining && self.ctx.slot.release() {
+                self.ctx.drain_after = true;
             }
             // the crash moves into the boxed redelivery before the await: held across
             // it, its 88 bytes would be in this future, and so in every agent's task
