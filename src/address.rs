@@ -92,12 +92,30 @@ struct Mailbox<M> {
 /// sent while the agent is busy (see [`Slot::busy`]) goes here, and the agent takes
 /// everything waiting here after the task in hand, before its next mailbox message:
 /// under load, many tasks cost one mailbox message (ractor's message loop costs about
-/// six times a channel's push and pop per message). Only tasks and batches go here.
+/// six times a channel's push and pop per message). Only tasks and batches go here
+/// ([`Queued`]).
 struct Side<M> {
-    tx: mpsc::Sender<NodeMsg<M>>,
+    tx: mpsc::Sender<Queued<M>>,
     /// Taken by the agent at its first look, and kept in its state: if the actor dies,
     /// what was queued goes with it, as a dead actor's mailbox does.
-    rx: Mutex<Option<mpsc::Receiver<NodeMsg<M>>>>,
+    rx: Mutex<Option<mpsc::Receiver<Queued<M>>>>,
+}
+
+/// What waits in the queue behind an agent's mailbox: work only.
+pub(crate) enum Queued<M> {
+    /// A task, as [`NodeMsg::Task`].
+    Task(Task<M>),
+    /// A batch, as [`NodeMsg::Batch`].
+    Batch(Batch<M>),
+}
+
+impl<M> From<Queued<M>> for NodeMsg<M> {
+    fn from(q: Queued<M>) -> Self {
+        match q {
+            Queued::Task(t) => NodeMsg::Task(t),
+            Queued::Batch(b) => NodeMsg::Batch(b),
+        }
+    }
 }
 
 impl<M> Side<M> {
@@ -416,6 +434,12 @@ impl<M: Send + 'static> Slot<M> {
         if actor.get_status() >= ractor::ActorStatus::Stopping {
             return Err(msg);
         }
+        let item = match msg {
+            NodeMsg::Task(t) => Queued::Task(t),
+            NodeMsg::Batch(b) => Queued::Batch(b),
+            // `to_mailbox` queues only work; anything else is a mailbox message
+            other => return self.try_send(actor, other, counted),
+        };
         let side = mb.side.get_or_init(|| Box::new(Side::new()));
         crate::accounting::add(&self.stats.tx.enqueued, counted);
         // Counted before the push, so the count is never below what waits (a sender
@@ -425,11 +449,11 @@ impl<M: Send + 'static> Slot<M> {
         // it has not landed), or this reads `busy` cleared and gives the queue an
         // owner: a `Drain` for the agent.
         self.queued.fetch_add(1, Ordering::SeqCst);
-        if let Err(mpsc::SendError(m)) = side.tx.send(msg) {
+        if let Err(mpsc::SendError(item)) = side.tx.send(item) {
             // the receiver went with a dead actor
             self.queued.fetch_sub(1, Ordering::SeqCst);
             self.stats.tx.enqueued.fetch_sub(counted, Ordering::AcqRel);
-            return Err(m);
+            return Err(item.into());
         }
         if !self.busy.load(Ordering::SeqCst) && !self.busy.swap(true, Ordering::SeqCst) {
             // refused only by a dead actor, whose queue goes with it (`detach`)
@@ -456,7 +480,7 @@ impl<M: Send + 'static> Slot<M> {
     /// The receiving end of the queue behind the agent's mailbox, for the agent to
     /// keep for the rest of its incarnation; `None` if there is no queue yet (or the
     /// agent already took it).
-    pub(crate) fn take_side(&self) -> Option<mpsc::Receiver<NodeMsg<M>>> {
+    pub(crate) fn take_side(&self) -> Option<mpsc::Receiver<Queued<M>>> {
         let mb = self.read();
         let side = mb.side.get()?;
         let rx = side.rx.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::{Agent, AgentError, Ctx, ErrorKind, StopReason, Verdict};
 use crate::accounting::bump;
-use crate::address::Slot;
+use crate::address::{Queued, Slot};
 use crate::envelope::{Batch, Decision, EscalationInfo, FailureKind, Task, TaskHead};
 use crate::hierarchy::shared::Shared;
 use crate::node::{Directive, Exit, NodeMsg};
@@ -65,7 +65,7 @@ struct InHand<M> {
     /// The receiving end of the queue behind this incarnation's mailbox
     /// (`Slot::deliver`), taken from the slot at the first look and kept: it goes
     /// with the incarnation, and so does what it holds.
-    side: Option<std::sync::mpsc::Receiver<NodeMsg<M>>>,
+    side: Option<std::sync::mpsc::Receiver<Queued<M>>>,
 }
 
 /// Builds agent values: once per incarnation. A thin pointer (to a boxed closure):
@@ -244,20 +244,22 @@ impl<A: Agent> AgentState<A> {
         // the agent is idle only after the whole batch: a task queued behind the
         // mailbox meanwhile comes after it
         let outer = std::mem::replace(&mut self.ctx.draining, true);
-        self.take_batch_tasks(batch, myself).await;
+        for task in batch {
+            self.take_one(task, myself).await;
+        }
         self.ctx.draining = outer;
     }
 
-    async fn take_batch_tasks(&mut self, batch: Batch<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
-        for task in batch {
-            if self.ready() {
-                if self.begin(task, myself) {
-                    // always Ok: the fast path gives every task its outcome itself
-                    let _ = self.first_attempt().await;
-                }
-            } else {
-                self.take_slow(task, myself).await;
+    /// One task of a sequence (a batch, or the queue behind the mailbox), exactly like a
+    /// task sent alone: the fast path when ready, else [`Self::take_slow`].
+    async fn take_one(&mut self, task: Task<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
+        if self.ready() {
+            if self.begin(task, myself) {
+                // always Ok: the fast path gives every task its outcome itself
+                let _ = self.first_attempt().await;
             }
+        } else {
+            self.take_slow(task, myself).await;
         }
     }
 
@@ -398,11 +400,11 @@ impl<A: Agent> AgentState<A> {
         }
     }
 
-    /// After a task or a batch from the mailbox: the agent is idle again, unless tasks
-    /// wait behind its mailbox (then it takes them). Not during a drain, which
-    /// declares the agent idle itself once the queue is empty.
+    /// After a task or a batch from the mailbox (never during a drain, which takes no
+    /// mailbox message): the agent is idle again, unless tasks wait behind its mailbox
+    /// (then it takes them).
     async fn after_task(&mut self, myself: ActorRef<NodeMsg<A::Msg>>) {
-        if !self.ctx.draining && self.ctx.slot.release() {
+        if self.ctx.slot.release() {
             self.drain_side(myself).await;
         }
     }
@@ -410,7 +412,7 @@ impl<A: Agent> AgentState<A> {
     /// The next message queued behind the mailbox, if any. The receiver lives in the
     /// box in hand (made here if no task has made it yet); it is taken from the slot at
     /// the first look.
-    fn next_queued(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> Option<NodeMsg<A::Msg>> {
+    fn next_queued(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> Option<Queued<A::Msg>> {
         let b = self.parked.get_or_insert_with(|| {
             Box::new(InHand {
                 current: None,
@@ -467,31 +469,11 @@ impl<A: Agent> AgentState<A> {
         })
     }
 
-    /// One message from the queue behind the mailbox: a task or a batch.
-    async fn side_msg(&mut self, msg: NodeMsg<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
-        match msg {
-            NodeMsg::Task(task) => {
-                if self.ready() {
-                    if self.begin(task, myself) {
-                        // always Ok: the fast path gives every task its outcome itself
-                        let _ = self.first_attempt().await;
-                    }
-                } else {
-                    self.take_slow(task, myself).await;
-                }
-            }
-            NodeMsg::Batch(batch) => self.take_batch(batch, myself).await,
-            // `Slot::deliver` queues nothing else; fail what carries a task, loudly
-            other => {
-                tracing::error!(node = %self.ctx.path(), "echelon bug: a message other than a task was queued behind the mailbox");
-                refuse(
-                    &self.ctx.shared,
-                    &self.ctx.slot,
-                    other,
-                    "echelon bug: misqueued",
-                );
-                self.ctx.slot.settle();
-            }
+    /// One item from the queue behind the mailbox: a task or a batch.
+    async fn side_msg(&mut self, item: Queued<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
+        match item {
+            Queued::Task(task) => self.take_one(task, myself).await,
+            Queued::Batch(batch) => self.take_batch(batch, myself).await,
         }
     }
 
