@@ -152,10 +152,8 @@ async fn call_in_order(
         let w = w.clone();
         tokio::spawn(async move { w.call(job).await })
     };
-    within(5, "the call to be submitted", async {
-        while w.counters().submitted < submitted {
-            tokio::task::yield_now().await;
-        }
+    support::until(5, "the call to be submitted", || {
+        w.counters().submitted >= submitted
     })
     .await;
     handle
@@ -270,12 +268,7 @@ async fn order_holds_across_a_respawn_with_tasks_waiting_for_it() {
     }
     // the respawn may come after every task has its outcome (all of them can be
     // lost with the killed actor when it dies before it takes any): wait for it
-    within(10, "the respawn", async {
-        while w.counters().restarts < 1 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    support::until(10, "the respawn", || w.counters().restarts >= 1).await;
     let c = support::idle(&r.h, 30).await;
     assert_eq!(c.restarts, 1, "{c:?}");
     assert_eq!(c.completed + c.failed, u64::from(N), "{c:?}");

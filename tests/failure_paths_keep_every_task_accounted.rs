@@ -115,18 +115,17 @@ async fn hard_stop_fails_tasks_waiting_between_incarnations() {
     let w = h.agent("w/0").unwrap();
     assert!(w.kill());
     // wait until the root has detached the dead actor (and is now sleeping 60 s)
-    while w.kill() {
-        tokio::task::yield_now().await;
-    }
+    support::until(10, "the dead actor to be detached", || !w.kill()).await;
     let calls: Vec<_> = (0..3)
         .map(|_| {
             let w = w.clone();
             tokio::spawn(async move { w.call(Job::Ping).await })
         })
         .collect();
-    while w.counters().submitted < 3 {
-        tokio::task::yield_now().await;
-    }
+    support::until(10, "the calls to be submitted", || {
+        w.counters().submitted >= 3
+    })
+    .await;
     let report = h.stop().await; // orderly stop times out after 5 s -> hard kill
     assert!(
         report.counters.is_balanced(),
@@ -327,16 +326,15 @@ async fn calls_waiting_in_a_pending_queue_resolve_after_stop() {
         .unwrap();
     let w = h.agent("w/0").unwrap();
     assert!(w.kill());
-    while w.kill() {
-        tokio::task::yield_now().await;
-    }
+    support::until(10, "the dead actor to be detached", || !w.kill()).await;
     let call = {
         let w = w.clone();
         tokio::spawn(async move { w.call(Job::Ping).await })
     };
-    while w.counters().submitted < 1 {
-        tokio::task::yield_now().await;
-    }
+    support::until(10, "the calls to be submitted", || {
+        w.counters().submitted >= 1
+    })
+    .await;
     let _ = h.stop().await;
     within(
         3600,
@@ -365,16 +363,15 @@ async fn dropping_the_hierarchy_resolves_pending_callers_and_ends_the_escalation
     let mut esc = h.escalations();
     let w = h.agent("w/0").unwrap();
     assert!(w.kill());
-    while w.kill() {
-        tokio::task::yield_now().await;
-    }
+    support::until(10, "the dead actor to be detached", || !w.kill()).await;
     let call = {
         let w = w.clone();
         tokio::spawn(async move { w.call(Job::Ping).await })
     };
-    while w.counters().submitted < 1 {
-        tokio::task::yield_now().await;
-    }
+    support::until(10, "the calls to be submitted", || {
+        w.counters().submitted >= 1
+    })
+    .await;
     drop(h);
     let r = tokio::time::timeout(Duration::from_secs(3600), call).await;
     let e = tokio::time::timeout(Duration::from_secs(3600), esc.recv()).await;

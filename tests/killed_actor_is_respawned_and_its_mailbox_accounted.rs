@@ -84,10 +84,8 @@ async fn killed_agent_fails_what_it_held_and_comes_back_at_the_same_address() {
         })
         .collect();
     // wait until they are in the mailbox: submitted counts them
-    within(5, "the queued tasks to be submitted", async {
-        while w.counters().submitted < 4 {
-            tokio::task::yield_now().await;
-        }
+    support::until(5, "the queued tasks to be submitted", || {
+        w.counters().submitted >= 4
     })
     .await;
 

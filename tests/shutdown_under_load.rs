@@ -40,9 +40,10 @@ async fn loaded() -> (Hierarchy<Job>, Vec<tokio::task::JoinHandle<Outcome<Job>>>
         })
         .collect();
     // let every call reach its mailbox
-    while h.counters().submitted < 10_000 {
-        tokio::task::yield_now().await;
-    }
+    support::until(30, "every call to be submitted", || {
+        h.counters().submitted >= 10_000
+    })
+    .await;
     (h, calls)
 }
 

@@ -13,6 +13,17 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T
     }
 }
 
+/// Wait until `cond` holds, yielding between looks (for state no event announces, such
+/// as a counter), failing the test with `what` after `secs` seconds.
+pub async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    within(secs, what, async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
 /// Wait until the hierarchy has no task in flight, failing the test after `secs`.
 pub async fn idle<M: echelon::Message>(h: &echelon::Hierarchy<M>, secs: u64) -> echelon::Counters {
     match h.wait_idle(Duration::from_secs(secs)).await {
