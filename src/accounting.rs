@@ -159,19 +159,6 @@ impl OwnerSide {
     }
 }
 
-/// Live counters of one node.
-///
-/// No padding between the sender side and the owner side: the compiler placed the
-/// 64 bytes once meant to keep them on different cache lines before both (the struct
-/// is not `repr(C)`), so they never did, and W1 was measured without it. A 64-byte
-/// aligned type would make every slot a `posix_memalign`, several times the cost of a
-/// plain allocation at spawn; 64 bytes more per agent is not worth a gain not shown.
-#[derive(Debug, Default)]
-pub(crate) struct NodeStats {
-    pub(crate) tx: SenderSide,
-    pub(crate) own: OwnerSide,
-}
-
 /// Increment a counter. Release ordering (free for a read-modify-write on x86) makes
 /// everything that happened before an outcome visible to a reader that sees the
 /// outcome, which is what makes the drain check conservative: it reads all outcomes
@@ -187,49 +174,46 @@ pub(crate) fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Release);
 }
 
-impl NodeStats {
-    pub(crate) fn snapshot(&self) -> Counters {
-        let r = |a: &AtomicU64| a.load(Ordering::Acquire);
-        let o = &self.own;
-        let rare = o.rare.get();
-        let rr = |f: fn(&RareCounters) -> &AtomicU64| rare.map_or(0, |c| r(f(c)));
-        Counters {
-            completed: r(&o.completed),
-            escalated: r(&o.escalated),
-            failed: r(&o.failed),
-            restarts: rr(|c| &c.restarts),
-            redelivered: rr(|c| &c.redelivered),
-            escalated_up: rr(|c| &c.escalated_up),
-            absorbed: rr(|c| &c.absorbed),
-            suppressed: rr(|c| &c.suppressed),
-            failure_escalations: rr(|c| &c.failure_escalations),
-            lost_in_mailbox: rr(|c| &c.lost_in_mailbox),
-            rejected: rr(|c| &c.rejected),
-            discarded: rr(|c| &c.discarded),
-            timed_out: rr(|c| &c.timed_out),
-            // read last: a task's submission happens before its outcome, so reading
-            // outcomes first can only over-estimate in-flight work, never hide it.
-            submitted: self.submitted(),
-        }
+/// A node's counters as [`Counters`], from its sender side and its owner side (kept
+/// apart in the slot: see `Slot`'s layout).
+pub(crate) fn snapshot(tx: &SenderSide, o: &OwnerSide) -> Counters {
+    let r = |a: &AtomicU64| a.load(Ordering::Acquire);
+    let rare = o.rare.get();
+    let rr = |f: fn(&RareCounters) -> &AtomicU64| rare.map_or(0, |c| r(f(c)));
+    Counters {
+        completed: r(&o.completed),
+        escalated: r(&o.escalated),
+        failed: r(&o.failed),
+        restarts: rr(|c| &c.restarts),
+        redelivered: rr(|c| &c.redelivered),
+        escalated_up: rr(|c| &c.escalated_up),
+        absorbed: rr(|c| &c.absorbed),
+        suppressed: rr(|c| &c.suppressed),
+        failure_escalations: rr(|c| &c.failure_escalations),
+        lost_in_mailbox: rr(|c| &c.lost_in_mailbox),
+        rejected: rr(|c| &c.rejected),
+        discarded: rr(|c| &c.discarded),
+        timed_out: rr(|c| &c.timed_out),
+        // read last: a task's submission happens before its outcome, so reading
+        // outcomes first can only over-estimate in-flight work, never hide it.
+        submitted: tx.submitted(),
     }
+}
 
+impl SenderSide {
     /// Tasks submitted here: offered minus withdrawn. Withdrawals are read first, so a
     /// concurrent withdrawal can only make the figure too high (more in flight), never
     /// too low. SeqCst, like the phase change a shutdown's drain check waits on.
     pub(crate) fn submitted(&self) -> u64 {
-        let withdrawn = self.tx.withdrawn.load(Ordering::SeqCst);
-        self.tx
-            .offered
+        let withdrawn = self.withdrawn.load(Ordering::SeqCst);
+        self.offered
             .load(Ordering::SeqCst)
             .saturating_sub(withdrawn)
     }
+}
 
-    /// Messages in the mailbox or being processed: enqueued but not settled.
-    pub(crate) fn unsettled(&self) -> u64 {
-        let settled = self.own.settled.load(Ordering::Acquire);
-        self.tx
-            .enqueued
-            .load(Ordering::Acquire)
-            .saturating_sub(settled)
-    }
+/// A node's messages in the mailbox or being processed: enqueued but not settled.
+pub(crate) fn unsettled(tx: &SenderSide, own: &OwnerSide) -> u64 {
+    let settled = own.settled.load(Ordering::Acquire);
+    tx.enqueued.load(Ordering::Acquire).saturating_sub(settled)
 }

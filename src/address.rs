@@ -17,41 +17,58 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard}
 use ractor::{ActorRef, MessagingErr};
 use tokio::sync::{oneshot, Notify};
 
-use crate::accounting::{bump, Counters, NodeStats};
+use crate::accounting::{bump, Counters, OwnerSide, SenderSide};
 use crate::envelope::{Batch, Outcome, Path, Reply, Role, Task, TaskId};
 use crate::hierarchy::shared::Shared;
 use crate::node::NodeMsg;
 
 /// One position in a hierarchy: an agent, a supervisor or a team lead.
+///
+/// **Layout** (`repr(C)`, in this order): what senders write on every send first (the
+/// mailbox's lock word, the count of queued tasks, the flag, the sender-side counters),
+/// then what is read but rarely written, then what the node's own actor writes and
+/// reads on every task (the owner-side counters, the epoch, the waiters). The middle
+/// keeps the two hot ends at least 64 bytes apart, so they never share a cache line
+/// whatever the allocation's alignment: when sender and agent run on two cores, a
+/// write at one end does not take the other end's line away from the other core.
+/// Measured on W5 (a pipeline: each stage sends to the next while it works on its own
+/// queue), see BENCHMARKS.md.
+#[repr(C)]
 pub(crate) struct Slot<M> {
-    pub(crate) path: Path,
-    pub(crate) uid: u32,
-    pub(crate) level: u32,
-    pub(crate) role: Role,
+    // ---- written by senders on every send ----
     mailbox: RwLock<Mailbox<M>>,
-    pub(crate) stats: NodeStats,
-    /// Restart epoch: a supervisor bumps it to restart the agent at its next message.
-    pub(crate) epoch: AtomicU64,
-    /// Mailbox capacity for external work (0: unbounded).
-    pub(crate) capacity: AtomicU64,
-    /// Senders waiting for room (`AgentRef::send_wait`).
-    waiters: AtomicUsize,
-    /// Messages in the pending queue (counted toward the capacity).
-    pending_len: AtomicU64,
+    /// Tasks in the queue behind the mailbox, or being pushed: counted by a sender
+    /// before its push and by the agent after its pops (in one go, see
+    /// [`Slot::took_queued`]), so never below what waits. A sender sends to the
+    /// mailbox only when it is 0: what that sender queued before has been taken.
+    queued: AtomicI64,
+    pub(crate) tx: SenderSide,
     /// Agents only: the agent is working, or a task or a [`NodeMsg::Drain`] is on its
     /// way to it, so a new task waits in the queue behind the mailbox ([`Side`])
     /// instead of being a mailbox message of its own. Whoever sets it owns the queue:
     /// the agent takes from the queue only while it owns it, and a sender who sets it
     /// sends a mailbox message, whose handling does.
     busy: AtomicBool,
-    /// Tasks in the queue behind the mailbox, or being pushed: counted by a sender
-    /// before its push and by the agent after its pop, so never below what waits. A
-    /// sender sends to the mailbox only when it is 0: what that sender queued before
-    /// has been taken.
-    queued: AtomicI64,
+    pub(crate) role: Role,
+    pub(crate) uid: u32,
+    // ---- read on every send or task, rarely written: the space between ----
+    pub(crate) level: u32,
+    pub(crate) path: Path,
+    /// Mailbox capacity for external work (0: unbounded).
+    pub(crate) capacity: AtomicU64,
+    /// Messages in the pending queue (counted toward the capacity).
+    pending_len: AtomicU64,
     /// What few slots need, allocated the first time one does (a slot is on every
     /// agent: its size is a good part of an idle agent's memory).
     extras: OnceLock<Box<Extras<M>>>,
+    /// Keeps the owner's end 64 bytes from the senders' (see the layout above).
+    _apart: [u64; 2],
+    // ---- written and read by the node's own actor on every task ----
+    pub(crate) own: OwnerSide,
+    /// Restart epoch: a supervisor bumps it to restart the agent at its next message.
+    pub(crate) epoch: AtomicU64,
+    /// Senders waiting for room (`AgentRef::send_wait`).
+    waiters: AtomicUsize,
 }
 
 /// The rarely used parts of a slot.
@@ -179,7 +196,9 @@ impl<M: Send + 'static> Slot<M> {
                 side: OnceLock::new(),
                 idle: None,
             }),
-            stats: NodeStats::default(),
+            tx: SenderSide::default(),
+            own: OwnerSide::default(),
+            _apart: [0; 2],
             epoch: AtomicU64::new(0),
             capacity: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
@@ -188,6 +207,21 @@ impl<M: Send + 'static> Slot<M> {
             queued: AtomicI64::new(0),
             extras: OnceLock::new(),
         }
+    }
+
+    /// This node's counters.
+    pub(crate) fn snapshot(&self) -> Counters {
+        crate::accounting::snapshot(&self.tx, &self.own)
+    }
+
+    /// Tasks submitted here (see [`SenderSide::submitted`]).
+    pub(crate) fn submitted(&self) -> u64 {
+        self.tx.submitted()
+    }
+
+    /// Messages in the mailbox or being processed: enqueued but not settled.
+    pub(crate) fn unsettled(&self) -> u64 {
+        crate::accounting::unsettled(&self.tx, &self.own)
     }
 
     fn extras(&self) -> &Extras<M> {
@@ -312,7 +346,7 @@ impl<M: Send + 'static> Slot<M> {
         // SeqCst, paired with `wait_for_room`: a settle and a sender registering as a
         // waiter each write then read the other's variable, so at least one of them
         // sees the other (the sender re-checks the room, or the settle wakes it)
-        self.stats.own.settled.fetch_add(1, Ordering::SeqCst);
+        self.own.settled.fetch_add(1, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {
             // a waiter made the extras before it registered (`wait_for_room`)
             self.wake_waiters();
@@ -327,7 +361,7 @@ impl<M: Send + 'static> Slot<M> {
             .get()
             .and_then(|e| e.in_flight.get())
             .map_or(0, |a| a.load(Ordering::Acquire));
-        self.stats.unsettled() + extra
+        self.unsettled() + extra
     }
 
     /// Is there no room for `n` more tasks of external work? Gives the capacity if so.
@@ -441,7 +475,7 @@ impl<M: Send + 'static> Slot<M> {
             other => return self.try_send(actor, other, counted),
         };
         let side = mb.side.get_or_init(|| Box::new(Side::new()));
-        crate::accounting::add(&self.stats.tx.enqueued, counted);
+        crate::accounting::add(&self.tx.enqueued, counted);
         // Counted before the push, so the count is never below what waits (a sender
         // uses the mailbox only at 0), and paired with the agent's `release` (it clears
         // `busy`, then reads the count), all SeqCst, so in one total order: either the
@@ -452,7 +486,7 @@ impl<M: Send + 'static> Slot<M> {
         if let Err(mpsc::SendError(item)) = side.tx.send(item) {
             // the receiver went with a dead actor
             self.queued.fetch_sub(1, Ordering::SeqCst);
-            self.stats.tx.enqueued.fetch_sub(counted, Ordering::AcqRel);
+            self.tx.enqueued.fetch_sub(counted, Ordering::AcqRel);
             return Err(item.into());
         }
         if !self.busy.load(Ordering::SeqCst) && !self.busy.swap(true, Ordering::SeqCst) {
@@ -471,10 +505,14 @@ impl<M: Send + 'static> Slot<M> {
         self.queued.load(Ordering::SeqCst) > 0 && !self.busy.swap(true, Ordering::SeqCst)
     }
 
-    /// The agent took one task off the queue behind its mailbox.
+    /// The agent took `n` tasks off the queue behind its mailbox. Counted after the
+    /// pops, in one go before the agent yields or gives the queue up: until then the
+    /// count is above what waits, which only sends more senders to the queue.
     #[inline]
-    pub(crate) fn took_queued(&self) {
-        self.queued.fetch_sub(1, Ordering::SeqCst);
+    pub(crate) fn took_queued(&self, n: u32) {
+        if n > 0 {
+            self.queued.fetch_sub(i64::from(n), Ordering::SeqCst);
+        }
     }
 
     /// The receiving end of the queue behind the agent's mailbox, for the agent to
@@ -517,13 +555,13 @@ impl<M: Send + 'static> Slot<M> {
         counted: u64,
     ) -> Result<(), NodeMsg<M>> {
         if counted > 0 {
-            crate::accounting::add(&self.stats.tx.enqueued, counted);
+            crate::accounting::add(&self.tx.enqueued, counted);
         }
         match actor.send_message(msg) {
             Ok(()) => Ok(()),
             Err(e) => {
                 if counted > 0 {
-                    self.stats.tx.enqueued.fetch_sub(counted, Ordering::AcqRel);
+                    self.tx.enqueued.fetch_sub(counted, Ordering::AcqRel);
                 }
                 match e {
                     MessagingErr::SendErr(m) => Err(m),
@@ -532,8 +570,8 @@ impl<M: Send + 'static> Slot<M> {
                     MessagingErr::ChannelClosed | MessagingErr::InvalidActorType => {
                         debug_assert!(false, "ractor refused a send without returning it");
                         if counted > 0 {
-                            crate::accounting::add(&self.stats.own.failed, counted);
-                            crate::accounting::add(&self.stats.own.rare().lost_in_mailbox, counted);
+                            crate::accounting::add(&self.own.failed, counted);
+                            crate::accounting::add(&self.own.rare().lost_in_mailbox, counted);
                         }
                         tracing::error!(node = %self.path, "ractor refused a message without returning it; counted as lost");
                         Ok(())
@@ -586,9 +624,9 @@ impl<M: Send + 'static> Slot<M> {
         let side = mb.side.take();
         self.busy.store(false, Ordering::SeqCst);
         self.queued.store(0, Ordering::SeqCst);
-        let lost = self.stats.unsettled();
+        let lost = self.unsettled();
         // the lost messages are now settled (by their loss)
-        crate::accounting::add(&self.stats.own.settled, lost);
+        crate::accounting::add(&self.own.settled, lost);
         drop(mb);
         // the queued tasks' drops answer their callers: outside the lock
         drop(side);
@@ -661,12 +699,12 @@ impl<M: crate::Message> AgentRef<M> {
     /// Tasks in this agent's mailbox or being handled right now (not counting those
     /// waiting for an incarnation between a crash and a respawn).
     pub fn queued(&self) -> u64 {
-        self.slot.stats.unsettled()
+        self.slot.unsettled()
     }
 
     /// This agent's counters.
     pub fn counters(&self) -> Counters {
-        self.slot.stats.snapshot()
+        self.slot.snapshot()
     }
 
     /// Submit a task without waiting. The task's outcome shows in the counters (and in
@@ -740,7 +778,7 @@ impl<M: crate::Message> AgentRef<M> {
             return Ok(BatchIds::empty(self.slot.uid));
         }
         if let Some(capacity) = self.slot.full(msgs.len() as u64) {
-            crate::accounting::add(&self.slot.stats.own.rare().rejected, msgs.len() as u64);
+            crate::accounting::add(&self.slot.own.rare().rejected, msgs.len() as u64);
             return Err(SendError::Full {
                 msg: msgs,
                 path: self.slot.path.clone(),
@@ -781,7 +819,7 @@ impl<M: crate::Message> AgentRef<M> {
         if n == 0 {
             return Ok(BatchIds::empty(self.slot.uid));
         }
-        let tx = &self.slot.stats.tx;
+        let tx = &self.slot.tx;
         // counted first, then the phase checked: see `submit_with`
         let first = tx.offered.fetch_add(n, Ordering::SeqCst);
         if external && !self.shared.accepting() {
@@ -838,7 +876,7 @@ impl<M: crate::Message> AgentRef<M> {
     }
 
     fn refuse_full(&self, msg: M, capacity: u64) -> SendError<M> {
-        bump(&self.slot.stats.own.rare().rejected);
+        bump(&self.slot.own.rare().rejected);
         SendError::Full {
             msg,
             path: self.slot.path.clone(),
@@ -967,7 +1005,7 @@ impl<M: crate::Message> Slot<M> {
         // drain check's read of `submitted`): a shutdown either sees this submission and
         // waits for it, or this sender sees the shutdown and withdraws. The count before
         // the increment is the task's sequence number (`offered` never goes down).
-        let tx = &self.stats.tx;
+        let tx = &self.tx;
         let seq = tx.offered.fetch_add(1, Ordering::SeqCst);
         if external && !shared.accepting() {
             tx.withdrawn.fetch_add(1, Ordering::SeqCst);
@@ -1117,5 +1155,23 @@ impl<M> fmt::Debug for SendError<M> {
                 .field("reason", reason)
                 .finish_non_exhaustive(),
         }
+    }
+}
+
+#[cfg(test)]
+mod layout {
+    use std::mem::offset_of;
+
+    /// The senders' end and the owner's end of a slot are at least 64 bytes apart
+    /// (see [`super::Slot`]'s layout), so they never share a cache line.
+    #[test]
+    fn senders_and_owner_write_64_bytes_apart() {
+        type S = super::Slot<u64>;
+        let senders_end = offset_of!(S, uid) + 4;
+        let owner_start = offset_of!(S, own);
+        assert!(
+            owner_start >= senders_end + 64,
+            "senders' end {senders_end}, owner's start {owner_start}"
+        );
     }
 }

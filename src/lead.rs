@@ -437,7 +437,7 @@ impl<M: crate::Message, L: Lead<M>> Actor for LeadActor<M, L> {
             NodeMsg::Respawn { .. } | NodeMsg::Drain => {}
             NodeMsg::Reset => {
                 self.lead.init(&st.node.node());
-                bump(&st.node.slot.stats.own.rare().restarts);
+                bump(&st.node.slot.own.rare().restarts);
             }
             NodeMsg::Stop { reason } => {
                 if st.stopping.is_none() {

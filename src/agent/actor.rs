@@ -424,9 +424,7 @@ impl<A: Agent> AgentState<A> {
         if b.side.is_none() {
             b.side = self.ctx.slot.take_side();
         }
-        let msg = b.side.as_ref()?.try_recv().ok()?;
-        self.ctx.slot.took_queued();
-        Some(msg)
+        b.side.as_ref()?.try_recv().ok()
     }
 
     /// Take the tasks queued behind the mailbox (`Slot::deliver`), in order, each
@@ -450,10 +448,13 @@ impl<A: Agent> AgentState<A> {
                     if since_yield == DRAIN_BEFORE_YIELD {
                         // the worker thread is shared: let other actors run; this
                         // actor's next mailbox message still waits for the drain
+                        self.ctx.slot.took_queued(since_yield);
                         since_yield = 0;
                         tokio::task::yield_now().await;
                     }
                 }
+                self.ctx.slot.took_queued(since_yield);
+                since_yield = 0;
                 if !took {
                     // counted but not yet pushed (its sender was interrupted between
                     // the two): let it finish
@@ -614,7 +615,7 @@ impl<A: Agent> AgentState<A> {
             };
             head.attempt += 1;
             if head.attempt > 1 {
-                bump(&self.slot().stats.own.rare().redelivered);
+                bump(&self.slot().own.rare().redelivered);
             }
             let msg = if head.attempt < max {
                 // user code: a panicking Clone fails the task rather than the actor
@@ -743,7 +744,7 @@ impl<A: Agent> AgentState<A> {
             }
             Verdict::Escalate(mut esc) => {
                 esc.severity = super::sanitize_severity(esc.severity);
-                bump(&slot.stats.own.rare().escalated_up);
+                bump(&slot.own.rare().escalated_up);
                 let origin = head
                     .escalation()
                     .map_or_else(|| slot.path.clone(), |e| e.origin.clone());
@@ -884,7 +885,7 @@ impl<A: Agent> AgentState<A> {
         self.end_incarnation(StopReason::Restart).await;
         self.ctx.reincarnate();
         self.epoch = epoch_of(self.slot());
-        bump(&self.slot().stats.own.rare().restarts);
+        bump(&self.slot().own.rare().restarts);
         tracing::debug!(agent = %self.ctx.path(), incarnation = self.ctx.incarnation(), "agent restarted");
         let r = self.incarnate().await;
         if r.is_err() {

@@ -58,7 +58,7 @@ impl<M: crate::Message> Ctx<M> {
     pub(crate) fn new(slot: Arc<Slot<M>>, shared: Arc<Shared<M>>, index: usize) -> Self {
         // a respawned actor continues the count (restarts in place and respawns both
         // bump the slot's restart counter)
-        let incarnation = slot.stats.own.restarts();
+        let incarnation = slot.own.restarts();
         Ctx {
             slot,
             shared,

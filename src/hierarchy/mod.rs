@@ -457,8 +457,8 @@ impl<M: crate::Message> Hierarchy<M> {
             for slot in &self.shared.directory.all {
                 let lost = slot.detach();
                 if lost > 0 {
-                    add(&slot.stats.own.failed, lost);
-                    add(&slot.stats.own.rare().lost_in_mailbox, lost);
+                    add(&slot.own.failed, lost);
+                    add(&slot.own.rare().lost_in_mailbox, lost);
                 }
             }
         }

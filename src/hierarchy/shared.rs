@@ -213,7 +213,7 @@ impl<M: crate::Message> Shared<M> {
         self.directory
             .all
             .iter()
-            .map(|s| (s.path.clone(), s.role, s.stats.snapshot()))
+            .map(|s| (s.path.clone(), s.role, s.snapshot()))
             .collect()
     }
 
@@ -222,11 +222,11 @@ impl<M: crate::Message> Shared<M> {
     pub(crate) fn counters(&self) -> Counters {
         let mut outcomes = Counters::default();
         for s in &self.directory.all {
-            let mut c = s.stats.snapshot();
+            let mut c = s.snapshot();
             c.submitted = 0;
             outcomes += c;
         }
-        let submitted: u64 = self.directory.all.iter().map(|s| s.stats.submitted()).sum();
+        let submitted: u64 = self.directory.all.iter().map(|s| s.submitted()).sum();
         outcomes.submitted = submitted;
         outcomes
     }
@@ -240,7 +240,7 @@ impl<M: crate::Message> Shared<M> {
             // a chained pipeline's stage is done: the hop to the next stage
             return crate::pipeline::chain::stage_done(self, at, head, reply);
         }
-        bump(&at.stats.own.completed);
+        bump(&at.own.completed);
         // taken apart and matched by value, so that a `None` needs no drop call (the
         // drop of a whole head calls one per field)
         let TaskHead {
@@ -276,7 +276,7 @@ impl<M: crate::Message> Shared<M> {
             // a chained pipeline's run ends at this stage
             return crate::pipeline::chain::stage_failed(self, at, head, reason, kind);
         }
-        bump(&at.stats.own.failed);
+        bump(&at.own.failed);
         tracing::debug!(task = %head.id, at = %at.path, reason, "task failed");
         if let Some(tx) = head.reply.take() {
             head.record(self.entry(
@@ -299,7 +299,7 @@ impl<M: crate::Message> Shared<M> {
     /// The task leaves the top of the hierarchy at the root `at`.
     pub(crate) fn escalate_out(&self, at: &Slot<M>, mut head: TaskHead<M>, payload: M) {
         crate::pipeline::chain::release(&mut head);
-        bump(&at.stats.own.escalated);
+        bump(&at.own.escalated);
         head.record(self.entry(at, Decision::Delivered));
         let (severity, reason, origin) = escalation_summary(&head, at);
         let trail = head.take_trail();
@@ -335,7 +335,7 @@ impl<M: crate::Message> Shared<M> {
     /// the branch ends here, completed, and its escalation becomes the branch result.
     pub(crate) fn return_branch_escalation(&self, at: &Slot<M>, mut head: TaskHead<M>, payload: M) {
         crate::pipeline::chain::release(&mut head);
-        bump(&at.stats.own.completed);
+        bump(&at.own.completed);
         let (severity, reason, origin) = escalation_summary(&head, at);
         if let Some(tx) = head.reply.take() {
             tx.send(Outcome::Escalated {
@@ -376,7 +376,7 @@ impl<M: crate::Message> Shared<M> {
         mut head: TaskHead<M>,
         esc: BranchEscalation<M>,
     ) {
-        bump(&at.stats.own.rare().escalated_up);
+        bump(&at.own.rare().escalated_up);
         let meta = head.meta_mut();
         meta.trail.extend(esc.trail);
         meta.escalation = Some(EscalationInfo {

@@ -958,7 +958,7 @@ fn counted_at<'a, M>(link: &'a Link<M>, at: &'a Slot<M>) -> &'a Slot<M> {
 
 /// The caller was answered at the deadline; the task ends here as a failure.
 fn finish_quietly<M>(at: &Slot<M>, link: Link<M>) {
-    bump(&counted_at(&link, at).stats.own.failed);
+    bump(&counted_at(&link, at).own.failed);
     drop(link);
 }
 
@@ -980,7 +980,7 @@ fn finish<M: crate::Message>(
     let path = link.p.home.get().map(|h| h.slot.path.clone());
     match end {
         End::Output(m) => {
-            bump(&counted_at(&link, at).stats.own.completed);
+            bump(&counted_at(&link, at).own.completed);
             let Ports {
                 reply,
                 detail,
@@ -1007,7 +1007,7 @@ fn finish<M: crate::Message>(
             }
         }
         End::Failed { err, kind, status } => {
-            bump(&counted_at(&link, at).stats.own.failed);
+            bump(&counted_at(&link, at).own.failed);
             tracing::debug!(task = %head.id, at = %at.path, reason = %err, "chained run failed");
             let mut trail = Vec::new();
             if ports.reply.is_some() {

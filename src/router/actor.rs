@@ -70,7 +70,7 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
         let started = (wants_times || cfg.deadline.is_some()).then(Instant::now);
         if let Some(limit) = cfg.admission {
             if this.requests.load(Ordering::Acquire) >= limit {
-                bump(&node.slot.stats.own.rare().rejected);
+                bump(&node.slot.own.rare().rejected);
                 let err = GatherError::AtCapacity { limit };
                 finish_without_branches(node.shared, node.slot, head, err, started);
                 return;
@@ -121,13 +121,13 @@ impl<M: crate::Message> Lead<M> for RouterShared<M> {
         let chosen = match picked {
             Ok(Ok(c)) => c,
             Err(p) => {
-                bump(&node.slot.stats.own.rare().rejected);
+                bump(&node.slot.own.rare().rejected);
                 let err = GatherError::NoWorker(format!("the route function {p}"));
                 finish_without_branches(node.shared, node.slot, head, err, started);
                 return;
             }
             Ok(Err(e)) => {
-                bump(&node.slot.stats.own.rare().rejected);
+                bump(&node.slot.own.rare().rejected);
                 let why = match e {
                     PickError::NoneEligible => {
                         "every worker is unavailable (breaker open or at its in-flight cap)".to_string()
@@ -487,7 +487,7 @@ impl<M: crate::Message> GatherJob<M> {
             }
         }
         if late > 0 {
-            let stats = self.slot.stats.own.rare();
+            let stats = self.slot.own.rare();
             let counter = if timed_out {
                 &stats.timed_out
             } else {

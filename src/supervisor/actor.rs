@@ -252,8 +252,8 @@ async fn account_dead_subtree<M: crate::Message>(spec: &NodeSpec<M>) {
     spec.for_each_slot(&mut |slot| {
         let lost = slot.detach();
         if lost > 0 {
-            add(&slot.stats.own.failed, lost);
-            add(&slot.stats.own.rare().lost_in_mailbox, lost);
+            add(&slot.own.failed, lost);
+            add(&slot.own.rare().lost_in_mailbox, lost);
             tracing::warn!(node = %slot.path, lost, "tasks lost with a dead actor's mailbox");
         }
     });
@@ -313,7 +313,7 @@ impl<M: crate::Message> SupervisorState<M> {
             None => (1.0, None),
         };
         if severity < threshold.severity {
-            bump(&slot.stats.own.rare().absorbed);
+            bump(&slot.own.rare().absorbed);
             head.record(shared.entry(
                 slot,
                 Decision::Absorbed {
@@ -325,13 +325,13 @@ impl<M: crate::Message> SupervisorState<M> {
         }
         if let (Some(window), Some(key)) = (suppress, key) {
             if !self.suppressor.admit(key, window, Instant::now()) {
-                bump(&slot.stats.own.rare().suppressed);
+                bump(&slot.own.rare().suppressed);
                 head.record(shared.entry(slot, Decision::Suppressed { window }));
                 shared.complete(slot, head, None);
                 return;
             }
         }
-        bump(&slot.stats.own.rare().escalated_up);
+        bump(&slot.own.rare().escalated_up);
         head.record(shared.entry(
             slot,
             Decision::Accepted {
@@ -404,7 +404,7 @@ impl<M: crate::Message> SupervisorState<M> {
     ) -> Directive {
         let now = Instant::now();
         if !self.window.admit(now) {
-            bump(&self.slot.stats.own.rare().failure_escalations);
+            bump(&self.slot.own.rare().failure_escalations);
             let intensity = self.window.intensity();
             let reason = format!(
                 "{} exceeded its restart intensity ({} restarts in {:?}); last failure: {}: {why}",
@@ -560,7 +560,7 @@ impl<M: crate::Message> SupervisorState<M> {
         .await
         {
             Ok(actor) => {
-                spec.for_each_slot(&mut |s| bump(&s.stats.own.rare().restarts));
+                spec.for_each_slot(&mut |s| bump(&s.own.rare().restarts));
                 self.children[i].actor = Some(actor.get_id());
                 self.children[i].state = ChildState::Running;
             }
