@@ -184,6 +184,30 @@ impl<M> fmt::Debug for Slot<M> {
     }
 }
 
+impl<M> Slot<M> {
+    /// Wake the senders waiting for room here, if any. The caller made room with a
+    /// SeqCst read-modify-write just before (see `Runs::chained_done`), paired with
+    /// `wait_for_room`'s fence.
+    #[inline]
+    pub(crate) fn wake_if_waiting(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.wake_waiters();
+        }
+    }
+
+    /// Wake every sender waiting for room, to re-check (room freed, slot closed,
+    /// hierarchy stopping). Nobody waits if the extras were never made.
+    pub(crate) fn wake_waiters(&self) {
+        // the caller changed what a waiter checks (settled, detached, the phase) and a
+        // waiter makes the extras, then checks: a SeqCst fence on each side means that
+        // either the waiter sees the change or this sees its extras (a cold path)
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if let Some(e) = self.extras.get() {
+            e.room.notify_waiters();
+        }
+    }
+}
+
 impl<M: Send + 'static> Slot<M> {
     pub(crate) fn new(path: Path, uid: u32, level: u32, role: Role) -> Self {
         Slot {
@@ -308,34 +332,22 @@ impl<M: Send + 'static> Slot<M> {
         &self.extras().room
     }
 
-    /// Wake every sender waiting for room, to re-check (room freed, slot closed,
-    /// hierarchy stopping). Nobody waits if the extras were never made.
-    pub(crate) fn wake_waiters(&self) {
-        // the caller changed what a waiter checks (settled, detached, the phase) and a
-        // waiter makes the extras, then checks: a SeqCst fence on each side means that
-        // either the waiter sees the change or this sees its extras (a cold path)
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if let Some(e) = self.extras.get() {
-            e.room.notify_waiters();
-        }
-    }
-
     /// What a router's or pipeline's finished request calls
     /// ([`crate::lead::Runs::on_done`]): wake the senders waiting for room at this lead
-    /// slot, if there are any. The lead's in-flight count was lowered just before; the
-    /// fence here and the one a waiter makes after registering (`wait_for_room`) mean
-    /// that either the waiter sees the lower count or this sees the waiter. Most
+    /// slot, if there are any. The lead's in-flight count was lowered just before, by a
+    /// SeqCst read-modify-write; it and the fence a waiter makes after registering
+    /// (`wait_for_room`) mean that either the waiter sees the lower count or this sees
+    /// the waiter. Most
     /// requests finish with nobody waiting, and then no lock is taken (tokio's
     /// `notify_waiters` takes its waiters' mutex even with none). The slot is held
     /// weakly: its intake holds the lead, which holds this.
     pub(crate) fn room_waker(self: &Arc<Self>) -> impl Fn() + Send + Sync + 'static {
         let slot = Arc::downgrade(self);
         move || {
+            // called right after a SeqCst read-modify-write of the lead's count of
+            // requests in flight (`RunGuard`'s drop), so no fence here
             if let Some(s) = slot.upgrade() {
-                std::sync::atomic::fence(Ordering::SeqCst);
-                if s.waiters.load(Ordering::SeqCst) > 0 {
-                    s.wake_waiters();
-                }
+                s.wake_if_waiting();
             }
         }
     }

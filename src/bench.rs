@@ -34,6 +34,9 @@ pub struct BenchConfig {
     pub broadcasts: u64,
     /// W5 pipeline messages.
     pub pipeline: u64,
+    /// W5 sequential single-message trips timed for the latency figure (as many again
+    /// run first, to warm up); `None`: from the size (a fifth of it, 100 to 2,000).
+    pub trips: Option<usize>,
     /// W7 readings.
     pub readings: u64,
     /// Repetitions per measurement (the median is reported).
@@ -92,6 +95,7 @@ impl BenchConfig {
             restarts: 2_000,
             broadcasts: 50_000,
             pipeline: 500_000,
+            trips: None,
             readings: 1_000_000,
             reps: 5,
             only: 0,
@@ -109,6 +113,7 @@ impl BenchConfig {
             restarts: 100,
             broadcasts: 1_000,
             pipeline: 5_000,
+            trips: None,
             readings: 20_000,
             reps: 3,
             only: 0,
@@ -801,8 +806,7 @@ struct Trips {
 }
 
 impl Trips {
-    fn new(n: u64) -> Self {
-        let k = w5_trips(n);
+    fn new(k: usize) -> Self {
         Trips {
             k,
             i: 0,
@@ -829,7 +833,7 @@ impl Trips {
 
 /// Throughput (msgs/s) for `n` messages, and the latency of one message through all
 /// ten stages (µs, whole trip, median of warm trips).
-async fn w5_tokio(n: u64) -> (f64, f64) {
+async fn w5_tokio(n: u64, k: usize) -> (f64, f64) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
     let mut next = done_tx;
     for _ in 0..STAGES {
@@ -843,7 +847,7 @@ async fn w5_tokio(n: u64) -> (f64, f64) {
         next = tx;
     }
     let first = next;
-    let mut trips = Trips::new(n);
+    let mut trips = Trips::new(k);
     while trips.more() {
         let t = Instant::now();
         let _ = first.send(0);
@@ -886,7 +890,7 @@ impl Actor for Stage {
     }
 }
 
-async fn w5_ractor(n: u64) -> (f64, f64) {
+async fn w5_ractor(n: u64, k: usize) -> (f64, f64) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
     let mut next: Option<ActorRef<u64>> = None;
     let mut handles = Vec::new();
@@ -902,7 +906,7 @@ async fn w5_ractor(n: u64) -> (f64, f64) {
         next = Some(a);
     }
     let Some(first) = next else { return (0.0, 0.0) };
-    let mut trips = Trips::new(n);
+    let mut trips = Trips::new(k);
     while trips.more() {
         let t = Instant::now();
         let _ = first.send_message(0);
@@ -928,11 +932,11 @@ async fn w5_ractor(n: u64) -> (f64, f64) {
 /// A pipeline of ten agent stages (no retries, timeouts or fallbacks: the chained
 /// path). The trip is a `call` on the pipeline's entry; the throughput sends `n`
 /// messages and waits until the pipeline is idle.
-async fn w5_echelon(n: u64) -> (f64, f64) {
-    w5_pipeline(n, false).await
+async fn w5_echelon(n: u64, k: usize) -> (f64, f64) {
+    w5_pipeline(n, k, false).await
 }
 
-async fn w5_pipeline(n: u64, coordinated: bool) -> (f64, f64) {
+async fn w5_pipeline(n: u64, k: usize, coordinated: bool) -> (f64, f64) {
     let mut b = crate::Pipeline::builder("w5");
     if coordinated {
         b = b.coordinated();
@@ -944,7 +948,7 @@ async fn w5_pipeline(n: u64, coordinated: bool) -> (f64, f64) {
         return (0.0, 0.0);
     };
     let entry = p.entry().clone();
-    let mut trips = Trips::new(n);
+    let mut trips = Trips::new(k);
     while trips.more() {
         let t = Instant::now();
         let _ = entry.call(Bump::Add(0)).await;
@@ -964,11 +968,12 @@ async fn w5_pipeline(n: u64, coordinated: bool) -> (f64, f64) {
 /// One W5 measurement of one implementation (`"tokio"`, `"ractor"`, `"echelon"`, or
 /// `"coordinated"`: echelon with the chained path turned off), for profiling: (msgs/s for `n` messages, µs for a trip through the ten stages).
 pub async fn w5_once(which: &str, n: u64) -> Option<(f64, f64)> {
+    let k = w5_trips(n);
     match which {
-        "tokio" => Some(w5_tokio(n).await),
-        "ractor" => Some(w5_ractor(n).await),
-        "echelon" => Some(w5_echelon(n).await),
-        "coordinated" => Some(w5_pipeline(n, true).await),
+        "tokio" => Some(w5_tokio(n, k).await),
+        "ractor" => Some(w5_ractor(n, k).await),
+        "echelon" => Some(w5_echelon(n, k).await),
+        "coordinated" => Some(w5_pipeline(n, k, true).await),
         _ => None,
     }
 }
@@ -977,15 +982,16 @@ pub async fn w5_once(which: &str, n: u64) -> Option<(f64, f64)> {
 /// three ways, each repeated `reps` times (at most 3).
 pub async fn w5_rows(cfg: &BenchConfig) -> Vec<Row> {
     let (mut t5, mut r5, mut e5) = (Vec::new(), Vec::new(), Vec::new());
+    let k = cfg.trips.unwrap_or_else(|| w5_trips(cfg.pipeline));
     for _ in 0..cfg.reps.clamp(1, 3) {
         if cfg.way(Way::Tokio) {
-            t5.push(w5_tokio(cfg.pipeline).await);
+            t5.push(w5_tokio(cfg.pipeline, k).await);
         }
         if cfg.way(Way::Ractor) {
-            r5.push(w5_ractor(cfg.pipeline).await);
+            r5.push(w5_ractor(cfg.pipeline, k).await);
         }
         if cfg.way(Way::Echelon) {
-            e5.push(w5_echelon(cfg.pipeline).await);
+            e5.push(w5_echelon(cfg.pipeline, k).await);
         }
     }
     let two = |v: &[(f64, f64)], k: usize| {

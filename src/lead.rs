@@ -109,7 +109,8 @@ impl Drop for RunGuard {
             // the request's own state may go with it: outside the lock
             drop(gone);
         }
-        self.runs.active.fetch_sub(1, Ordering::AcqRel);
+        // SeqCst, paired with `wait_for_room`'s fence through the waker below
+        self.runs.active.fetch_sub(1, Ordering::SeqCst);
         if self.owned && self.runs.owned.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.runs.idle.notify_waiters();
         }
@@ -158,14 +159,28 @@ impl Runs {
     }
 
     /// A chained pipeline run, carried from stage to stage by its own task: it counts
-    /// toward the lead's capacity, but a stop does not wait for it (the stage that
-    /// holds it resolves it, or its supervisor accounts for it).
-    pub(crate) fn start_chained(&self) -> RunGuard {
+    /// toward the lead's capacity until [`Runs::chained_done`], but a stop does not wait
+    /// for it (the stage that holds it resolves it, or its supervisor accounts for it).
+    /// No guard: the run's link holds the pipeline, and with it these runs, so it calls
+    /// `chained_done` itself, exactly once, when it is dropped (a guard of its own was
+    /// a second reference count moved on every run, between the entry's thread and the
+    /// last stage's).
+    pub(crate) fn start_chained(&self) {
         self.inner.active.fetch_add(1, Ordering::AcqRel);
-        RunGuard {
-            runs: self.inner.clone(),
-            owned: false,
-            registered: None,
+    }
+
+    /// A chained run ended ([`Runs::start_chained`]). SeqCst, paired with
+    /// `wait_for_room`'s fence: the caller then reads the lead slot's waiters, and
+    /// either that read sees a sender waiting or the sender's re-check sees the run
+    /// gone.
+    pub(crate) fn chained_done(&self) {
+        self.inner.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wake the lead's senders waiting for room (the [`Runs::on_done`] callback).
+    pub(crate) fn wake_room(&self) {
+        if let Some(wake) = self.inner.on_done.get() {
+            wake();
         }
     }
 

@@ -77,6 +77,9 @@ enum Command {
         /// agents, requests, restarts, readings).
         #[arg(long, hide = true)]
         n: Option<u64>,
+        /// Profiling: this many timed W5 single-message trips (and as many to warm up).
+        #[arg(long, hide = true)]
+        trips: Option<usize>,
         /// Internal: run W3 the given way with N agents in this fresh process and print
         /// seconds to spawn cold and warm, resident bytes per agent and seconds to shut
         /// down.
@@ -169,6 +172,7 @@ fn main() -> ExitCode {
             way,
             reps,
             n,
+            trips,
             w3_probe,
         } => {
             if !w3_probe.is_empty() {
@@ -205,6 +209,7 @@ fn main() -> ExitCode {
             if let Some(r) = reps {
                 cfg.reps = r.max(1);
             }
+            cfg.trips = trips;
             if let Some(n) = n {
                 cfg.one_way = n;
                 cfg.round_trips = n;

@@ -46,7 +46,7 @@ use crate::envelope::{
     TaskHead, TaskId,
 };
 use crate::hierarchy::shared::Shared;
-use crate::lead::{LeadNode, RunGuard};
+use crate::lead::LeadNode;
 use crate::node::NodeMsg;
 use crate::panic::CatchUnwind;
 use crate::pipeline::StageError;
@@ -71,8 +71,6 @@ pub(crate) struct Link<M> {
     /// pipeline), restored when the run escalates.
     was_branch: bool,
     answer: Answer<M>,
-    /// Counts the run toward the pipeline's capacity until the task ends.
-    _run: RunGuard,
 }
 
 enum Answer<M> {
@@ -287,6 +285,14 @@ impl<M> Drop for Link<M> {
             let at = home.map(|h| h.slot.path.clone());
             send_failure(ports, self.id, at, 0, Vec::new(), err, kind, i, status, 0);
         }
+        // the run no longer counts toward the pipeline's capacity: wake a sender
+        // waiting for room there (through the slot the pipeline holds, not a weak
+        // reference to upgrade on every run)
+        self.p.runs.chained_done();
+        match self.p.home.get() {
+            Some(home) => home.slot.wake_if_waiting(),
+            None => self.p.runs.wake_room(),
+        }
     }
 }
 
@@ -339,7 +345,7 @@ pub(crate) fn start<M: crate::Message>(
     payload: M,
 ) {
     // counted before anything can end the run, so a stop never misses it
-    let run = p.runs.start_chained();
+    p.runs.start_chained();
     let reply = head.reply.take();
     let meta = head.meta_mut();
     if meta.budget.is_none() {
@@ -380,7 +386,6 @@ pub(crate) fn start<M: crate::Message>(
         input: None,
         was_branch: head.branch,
         answer,
-        _run: run,
     };
     // the run's escalations come back to this lead as its result
     head.branch = true;
