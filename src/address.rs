@@ -40,7 +40,8 @@ pub(crate) struct Slot<M> {
     /// Tasks in the queue behind the mailbox, or being pushed: counted by a sender
     /// before its push and by the agent after its pops (in one go, see
     /// [`Slot::took_queued`]), so never below what waits. A sender sends to the
-    /// mailbox only when it is 0: what that sender queued before has been taken.
+    /// mailbox only when it is 0 (or below: see `Slot::detach`): what that sender
+    /// queued before has been taken.
     queued: AtomicI64,
     pub(crate) tx: SenderSide,
     /// Agents only: the agent is working, or a task or a [`NodeMsg::Drain`] is on its
@@ -1179,8 +1180,27 @@ mod layout {
     #[test]
     fn senders_and_owner_write_64_bytes_apart() {
         type S = super::Slot<u64>;
-        let senders_end = offset_of!(S, uid) + 4;
-        let owner_start = offset_of!(S, own);
+        // every field a sender writes or reads on a send, and where it ends
+        let senders_end = [
+            offset_of!(S, mailbox) + std::mem::size_of::<std::sync::RwLock<super::Mailbox<u64>>>(),
+            offset_of!(S, queued) + 8,
+            offset_of!(S, tx) + std::mem::size_of::<crate::accounting::SenderSide>(),
+            offset_of!(S, busy) + 1,
+            offset_of!(S, role) + 1,
+            offset_of!(S, uid) + 4,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+        // every field the node's actor writes or reads on every task
+        let owner_start = [
+            offset_of!(S, own),
+            offset_of!(S, epoch),
+            offset_of!(S, waiters),
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(0);
         assert!(
             owner_start >= senders_end + 64,
             "senders' end {senders_end}, owner's start {owner_start}"

@@ -87,12 +87,11 @@ impl Default for Runs {
     }
 }
 
-/// Held by a running request (taken before its task is spawned); dropping it marks the
+/// Held by a request in one of the lead's own tasks or resolved in place (taken before its
+/// task is spawned; a chained run is counted by its link instead); dropping it marks the
 /// request done.
 pub(crate) struct RunGuard {
     runs: Arc<RunsInner>,
-    /// In one of the lead's own tasks (not a chained run carried by its stages).
-    owned: bool,
     /// Its place in the registry of requests resolved in place.
     registered: Option<usize>,
 }
@@ -111,7 +110,7 @@ impl Drop for RunGuard {
         }
         // SeqCst, paired with `wait_for_room`'s fence through the waker below
         self.runs.active.fetch_sub(1, Ordering::SeqCst);
-        if self.owned && self.runs.owned.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.runs.owned.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.runs.idle.notify_waiters();
         }
         if let Some(wake) = self.runs.on_done.get() {
@@ -127,7 +126,6 @@ impl Runs {
         self.inner.owned.fetch_add(1, Ordering::AcqRel);
         RunGuard {
             runs: self.inner.clone(),
-            owned: true,
             registered: None,
         }
     }

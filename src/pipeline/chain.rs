@@ -344,8 +344,6 @@ pub(crate) fn start<M: crate::Message>(
     mut head: TaskHead<M>,
     payload: M,
 ) {
-    // counted before anything can end the run, so a stop never misses it
-    p.runs.start_chained();
     let reply = head.reply.take();
     let meta = head.meta_mut();
     if meta.budget.is_none() {
@@ -379,6 +377,9 @@ pub(crate) fn start<M: crate::Message>(
             Answer::Watched(w)
         }
     };
+    // counted before anything can end the run, so a stop never misses it, and only
+    // now that nothing before the link can panic: the link's drop lowers the count
+    p.runs.start_chained();
     let link = Link {
         p: p.clone(),
         id: head.id,
