@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -37,19 +37,25 @@ use crate::node::NodeMsg;
 pub(crate) struct Slot<M> {
     // ---- written by senders on every send ----
     mailbox: RwLock<Mailbox<M>>,
-    /// Tasks in the queue behind the mailbox, or being pushed: counted by a sender
-    /// before its push and by the agent after its pops (in one go, see
-    /// [`Slot::took_queued`]), so never below what waits. A sender sends to the
-    /// mailbox only when it is 0 (or below: see `Slot::detach`): what that sender
-    /// queued before has been taken.
-    queued: AtomicI64,
+    /// Agents only: the queue behind the mailbox ([`Side`]) in one word, written with
+    /// SeqCst operations only (see [`QueueWord`]):
+    /// - **who owns it** (bit 0, `BUSY`): the agent is working, or a task or a
+    ///   [`NodeMsg::Drain`] is on its way to it, so a new task waits in the queue
+    ///   instead of being a mailbox message of its own. Whoever sets it owns the queue:
+    ///   the agent takes from the queue only while it owns it, and a sender who sets it
+    ///   sends a mailbox message, whose handling does;
+    /// - **how many tasks wait there or are being pushed** (bits 1 to 47): counted by a
+    ///   sender before its push and by the agent after its pops (in one go, see
+    ///   [`Slot::took_queued`]), so never below what waits. A sender sends to the
+    ///   mailbox only when it is 0: what that sender queued before has been taken;
+    /// - **the incarnation** (bits 48 to 63, [`Slot::incarnation`]): `detach` starts the
+    ///   next one with the queue empty and unowned, and the agent's own operations
+    ///   ([`Slot::release`], [`Slot::took_queued`]) apply only to its own incarnation's
+    ///   word, so an actor detached while still running (a kill outlived by a handler
+    ///   that blocks its thread) can neither give up nor count down the next one's
+    ///   queue.
+    queue: AtomicU64,
     pub(crate) tx: SenderSide,
-    /// Agents only: the agent is working, or a task or a [`NodeMsg::Drain`] is on its
-    /// way to it, so a new task waits in the queue behind the mailbox ([`Side`])
-    /// instead of being a mailbox message of its own. Whoever sets it owns the queue:
-    /// the agent takes from the queue only while it owns it, and a sender who sets it
-    /// sends a mailbox message, whose handling does.
-    busy: AtomicBool,
     pub(crate) role: Role,
     pub(crate) uid: u32,
     // ---- read on every send or task, rarely written: the space between ----
@@ -107,7 +113,7 @@ struct Mailbox<M> {
 /// An agent incarnation's queue behind its ractor mailbox.
 ///
 /// A task sent to an idle agent is a mailbox message of its own, as in ractor. A task
-/// sent while the agent is busy (see [`Slot::busy`]) goes here, and the agent takes
+/// sent while the agent is busy (see [`Slot::queue`]) goes here, and the agent takes
 /// everything waiting here after the task in hand, before its next mailbox message:
 /// under load, many tasks cost one mailbox message (ractor's message loop costs about
 /// six times a channel's push and pop per message). Only tasks and batches go here
@@ -143,6 +149,34 @@ impl<M> Side<M> {
             tx,
             rx: Mutex::new(Some(rx)),
         }
+    }
+}
+
+/// The owner bit of [`Slot::queue`].
+const BUSY: u64 = 1;
+/// One task in the count of [`Slot::queue`].
+const QUEUED_ONE: u64 = 2;
+/// Where the incarnation starts in [`Slot::queue`].
+const INCARNATION_SHIFT: u32 = 48;
+
+/// A value of [`Slot::queue`], taken apart.
+#[derive(Clone, Copy)]
+struct QueueWord(u64);
+
+impl QueueWord {
+    /// Nothing queued and no owner: a sender may take the mailbox path.
+    #[inline(always)]
+    fn idle(self) -> bool {
+        self.0 & ((1 << INCARNATION_SHIFT) - 1) == 0
+    }
+
+    fn queued(self) -> u64 {
+        (self.0 & ((1 << INCARNATION_SHIFT) - 1)) >> 1
+    }
+
+    fn incarnation(self) -> u16 {
+        // the top 16 bits
+        (self.0 >> INCARNATION_SHIFT) as u16
     }
 }
 
@@ -228,8 +262,7 @@ impl<M: Send + 'static> Slot<M> {
             capacity: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             pending_len: AtomicU64::new(0),
-            busy: AtomicBool::new(false),
-            queued: AtomicI64::new(0),
+            queue: AtomicU64::new(0),
             extras: OnceLock::new(),
         }
     }
@@ -454,7 +487,9 @@ impl<M: Send + 'static> Slot<M> {
 
     /// Does `msg` go to the mailbox (else into the queue behind it)? Anything but work
     /// for an agent does; work for an agent does when nothing is queued and this
-    /// sender takes the agent's queue (see [`Slot::busy`]).
+    /// sender takes the agent's queue (see [`Slot::queue`]): one compare-and-swap from
+    /// "nothing queued, no owner" to "owned"; if anything changed in between, the task
+    /// is queued instead, which keeps every order.
     ///
     /// One sender's tasks keep their order: a sender's task goes to the mailbox only
     /// when nothing is queued (so what it queued before has been taken by the agent,
@@ -462,8 +497,14 @@ impl<M: Send + 'static> Slot<M> {
     /// owner, so the agent takes nothing queued after it until it has handled it.
     #[inline(always)]
     fn to_mailbox(&self, msg: &NodeMsg<M>) -> bool {
-        !(self.role == Role::Agent && matches!(msg, NodeMsg::Task(_) | NodeMsg::Batch(_)))
-            || (self.queued.load(Ordering::SeqCst) <= 0 && !self.busy.swap(true, Ordering::SeqCst))
+        !(self.role == Role::Agent && matches!(msg, NodeMsg::Task(_) | NodeMsg::Batch(_))) || {
+            let w = self.queue.load(Ordering::SeqCst);
+            QueueWord(w).idle()
+                && self
+                    .queue
+                    .compare_exchange(w, w | BUSY, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+        }
     }
 
     /// Work for a busy agent ([`Slot::to_mailbox`] said no): into the queue behind its
@@ -490,42 +531,84 @@ impl<M: Send + 'static> Slot<M> {
         let side = mb.side.get_or_init(|| Box::new(Side::new()));
         crate::accounting::add(&self.tx.enqueued, counted);
         // Counted before the push, so the count is never below what waits (a sender
-        // uses the mailbox only at 0), and paired with the agent's `release` (it clears
-        // `busy`, then reads the count), all SeqCst, so in one total order: either the
-        // agent reads this count and takes the queue back (and waits for the push if
-        // it has not landed), or this reads `busy` cleared and gives the queue an
-        // owner: a `Drain` for the agent.
-        self.queued.fetch_add(1, Ordering::SeqCst);
+        // uses the mailbox only at 0), and paired with the agent's `release` (it gives
+        // the queue up only if the count is 0, in one compare-and-swap), all SeqCst on
+        // one word: either the agent sees this count and keeps the queue (and waits for
+        // the push if it has not landed), or this sees the queue unowned after the
+        // push and gives it an owner: a `Drain` for the agent. (The write lock held by
+        // `detach` excludes this, so the incarnation cannot change in between.)
+        self.queue.fetch_add(QUEUED_ONE, Ordering::SeqCst);
         if let Err(mpsc::SendError(item)) = side.tx.send(item) {
             // the receiver went with a dead actor
-            self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.queue.fetch_sub(QUEUED_ONE, Ordering::SeqCst);
             self.tx.enqueued.fetch_sub(counted, Ordering::AcqRel);
             return Err(item.into());
         }
-        if !self.busy.load(Ordering::SeqCst) && !self.busy.swap(true, Ordering::SeqCst) {
+        if self.queue.load(Ordering::SeqCst) & BUSY == 0
+            && self.queue.fetch_or(BUSY, Ordering::SeqCst) & BUSY == 0
+        {
             // refused only by a dead actor, whose queue goes with it (`detach`)
             let _ = actor.send_message(NodeMsg::Drain);
         }
         Ok(())
     }
 
-    /// The agent gives up the queue behind its mailbox (see [`Slot::busy`]). True if
-    /// tasks wait there and it took the queue back: it must then take them. Paired with
-    /// [`Slot::queue_behind`]'s count and read of `busy` (see there).
+    /// The agent of incarnation `me` ([`Slot::incarnation`], read when it started)
+    /// gives up the queue behind its mailbox (see [`Slot::queue`]), which it owns. False
+    /// if it gave it up; true if tasks wait there, in which case it keeps it and must
+    /// take them. Paired with [`Slot::queue_behind`]'s count and look at the owner (see
+    /// there). Does nothing (false) for a detached incarnation.
     #[inline]
-    pub(crate) fn release(&self) -> bool {
-        self.busy.store(false, Ordering::SeqCst);
-        self.queued.load(Ordering::SeqCst) > 0 && !self.busy.swap(true, Ordering::SeqCst)
+    pub(crate) fn release(&self, me: u16) -> bool {
+        let mut w = self.queue.load(Ordering::SeqCst);
+        loop {
+            let word = QueueWord(w);
+            if word.incarnation() != me {
+                return false;
+            }
+            if word.queued() > 0 {
+                return true;
+            }
+            match self
+                .queue
+                .compare_exchange(w, w & !BUSY, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return false,
+                Err(now) => w = now,
+            }
+        }
     }
 
-    /// The agent took `n` tasks off the queue behind its mailbox. Counted after the
-    /// pops, in one go before the agent yields or gives the queue up: until then the
-    /// count is above what waits, which only sends more senders to the queue.
+    /// The agent of incarnation `me` took `n` tasks off the queue behind its mailbox.
+    /// Counted after the pops, in one go before the agent yields or gives the queue up:
+    /// until then the count is above what waits, which only sends more senders to the
+    /// queue. Does nothing for a detached incarnation.
     #[inline]
-    pub(crate) fn took_queued(&self, n: u32) {
-        if n > 0 {
-            self.queued.fetch_sub(i64::from(n), Ordering::SeqCst);
+    pub(crate) fn took_queued(&self, me: u16, n: u32) {
+        if n == 0 {
+            return;
         }
+        let mut w = self.queue.load(Ordering::SeqCst);
+        loop {
+            let word = QueueWord(w);
+            if word.incarnation() != me {
+                return;
+            }
+            let less = w - QUEUED_ONE * u64::from(n).min(word.queued());
+            match self
+                .queue
+                .compare_exchange(w, less, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// This slot's incarnation, for an agent starting in it to keep (see
+    /// [`Slot::queue`]): it changes only when a dead incarnation is detached.
+    pub(crate) fn incarnation(&self) -> u16 {
+        QueueWord(self.queue.load(Ordering::SeqCst)).incarnation()
     }
 
     /// The receiving end of the queue behind the agent's mailbox, for the agent to
@@ -635,8 +718,13 @@ impl<M: Send + 'static> Slot<M> {
         mb.actor = None;
         // the queue behind the mailbox goes with the incarnation, as the mailbox does
         let side = mb.side.take();
-        self.busy.store(false, Ordering::SeqCst);
-        self.queued.store(0, Ordering::SeqCst);
+        // the next incarnation starts with the queue empty and unowned; the detached
+        // one's own operations no longer apply (see `Slot::queue`)
+        let next = QueueWord(self.queue.load(Ordering::SeqCst))
+            .incarnation()
+            .wrapping_add(1);
+        self.queue
+            .store(u64::from(next) << INCARNATION_SHIFT, Ordering::SeqCst);
         let lost = self.unsettled();
         // the lost messages are now settled (by their loss)
         crate::accounting::add(&self.own.settled, lost);
@@ -1183,9 +1271,8 @@ mod layout {
         // every field a sender writes or reads on a send, and where it ends
         let senders_end = [
             offset_of!(S, mailbox) + std::mem::size_of::<std::sync::RwLock<super::Mailbox<u64>>>(),
-            offset_of!(S, queued) + 8,
+            offset_of!(S, queue) + 8,
             offset_of!(S, tx) + std::mem::size_of::<crate::accounting::SenderSide>(),
-            offset_of!(S, busy) + 1,
             offset_of!(S, role) + 1,
             offset_of!(S, uid) + 4,
         ]
@@ -1204,6 +1291,64 @@ mod layout {
         assert!(
             owner_start >= senders_end + 64,
             "senders' end {senders_end}, owner's start {owner_start}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod queue_word {
+    use super::{Path, Role, Slot, BUSY, QUEUED_ONE};
+    use std::sync::atomic::Ordering;
+
+    fn slot() -> Slot<u64> {
+        Slot::new(Path::new("team/a"), 1, 1, Role::Agent)
+    }
+
+    /// The agent gives the queue up only when nothing waits in it; else it keeps it.
+    #[test]
+    fn release_keeps_the_queue_while_tasks_wait() {
+        let s = slot();
+        let me = s.incarnation();
+        s.queue.store(BUSY + 2 * QUEUED_ONE, Ordering::SeqCst);
+        assert!(
+            s.release(me),
+            "two tasks wait: the agent must keep the queue"
+        );
+        assert_eq!(s.queue.load(Ordering::SeqCst) & BUSY, BUSY);
+        s.took_queued(me, 2);
+        assert!(!s.release(me), "nothing waits: the queue is given up");
+        assert_eq!(s.queue.load(Ordering::SeqCst), 0);
+    }
+
+    /// An incarnation detached while still running (a kill its handler outlived)
+    /// cannot give up or count down the next incarnation's queue.
+    #[test]
+    fn a_detached_incarnation_leaves_the_next_ones_queue_alone() {
+        let s = slot();
+        let old = s.incarnation();
+        s.queue.store(BUSY + 5 * QUEUED_ONE, Ordering::SeqCst);
+        let _ = s.detach();
+        let new = s.incarnation();
+        assert_ne!(old, new);
+        assert_eq!(
+            s.queue.load(Ordering::SeqCst) & !(u64::MAX << super::INCARNATION_SHIFT),
+            0,
+            "the next incarnation starts with the queue empty and unowned"
+        );
+        // the new incarnation's first sender owns the queue and one task waits
+        s.queue.fetch_or(BUSY, Ordering::SeqCst);
+        s.queue.fetch_add(QUEUED_ONE, Ordering::SeqCst);
+        let before = s.queue.load(Ordering::SeqCst);
+        assert!(!s.release(old));
+        s.took_queued(old, 100);
+        assert_eq!(
+            s.queue.load(Ordering::SeqCst),
+            before,
+            "the old actor changed nothing"
+        );
+        assert!(
+            s.release(new),
+            "the new incarnation still has its task to take"
         );
     }
 }

@@ -363,7 +363,7 @@ impl<A: Agent> AgentState<A> {
             // message as in ractor, not queued for a drain. If tasks wait, the queue is
             // taken back and drained at the end. (The answer is kept in the context: a
             // flag held across the awaits below would grow every agent's future.)
-            if !self.ctx.draining && self.ctx.slot.release() {
+            if !self.ctx.draining && self.ctx.slot.release(self.ctx.queue_incarnation) {
                 self.ctx.drain_after = true;
             }
             // the crash moves into the boxed redelivery before the await: held across
@@ -393,7 +393,7 @@ impl<A: Agent> AgentState<A> {
     /// After a task from the mailbox, handled on the spot: the agent is idle again,
     /// unless tasks wait behind its mailbox.
     fn after_mailbox_task<F>(&mut self, myself: ActorRef<NodeMsg<A::Msg>>) -> Handling<'_, F> {
-        if self.ctx.slot.release() {
+        if self.ctx.slot.release(self.ctx.queue_incarnation) {
             rare(self.drain_side(myself))
         } else {
             handled()
@@ -404,7 +404,7 @@ impl<A: Agent> AgentState<A> {
     /// mailbox message): the agent is idle again, unless tasks wait behind its mailbox
     /// (then it takes them).
     async fn after_task(&mut self, myself: ActorRef<NodeMsg<A::Msg>>) {
-        if self.ctx.slot.release() {
+        if self.ctx.slot.release(self.ctx.queue_incarnation) {
             self.drain_side(myself).await;
         }
     }
@@ -429,7 +429,7 @@ impl<A: Agent> AgentState<A> {
 
     /// Take the tasks queued behind the mailbox (`Slot::deliver`), in order, each
     /// exactly like a task from the mailbox, while this agent owns the queue (see
-    /// `Slot::busy`): until it is empty and given up. Boxed: a task taken here is a
+    /// `Slot::queue`): until it is empty and given up. Boxed: a task taken here is a
     /// first attempt, whose future may come back here (it does not, while `draining`
     /// is set, but the types nest).
     fn drain_side(
@@ -448,12 +448,16 @@ impl<A: Agent> AgentState<A> {
                     if since_yield == DRAIN_BEFORE_YIELD {
                         // the worker thread is shared: let other actors run; this
                         // actor's next mailbox message still waits for the drain
-                        self.ctx.slot.took_queued(since_yield);
+                        self.ctx
+                            .slot
+                            .took_queued(self.ctx.queue_incarnation, since_yield);
                         since_yield = 0;
                         tokio::task::yield_now().await;
                     }
                 }
-                self.ctx.slot.took_queued(since_yield);
+                self.ctx
+                    .slot
+                    .took_queued(self.ctx.queue_incarnation, since_yield);
                 since_yield = 0;
                 if !took {
                     // counted but not yet pushed (its sender was interrupted between
@@ -462,7 +466,7 @@ impl<A: Agent> AgentState<A> {
                 }
                 // empty: give the queue up, unless a sender got a task in before it
                 // saw that (it then relies on this look)
-                if !self.ctx.slot.release() {
+                if !self.ctx.slot.release(self.ctx.queue_incarnation) {
                     break;
                 }
             }

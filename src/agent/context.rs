@@ -42,6 +42,10 @@ pub struct Ctx<M> {
     /// The first attempt gave up the queue behind the mailbox as soon as its handler
     /// was done, found tasks there and took it back: it takes them when it is done.
     pub(crate) drain_after: bool,
+    /// The slot's incarnation when this actor started (`Slot::incarnation`): the
+    /// agent's operations on the queue behind its mailbox name it, so that they do
+    /// nothing once this actor has been detached.
+    pub(crate) queue_incarnation: u16,
 }
 
 impl<M> fmt::Debug for Ctx<M> {
@@ -59,6 +63,7 @@ impl<M: crate::Message> Ctx<M> {
         // a respawned actor continues the count (restarts in place and respawns both
         // bump the slot's restart counter)
         let incarnation = slot.own.restarts();
+        let queue_incarnation = slot.incarnation();
         Ctx {
             slot,
             shared,
@@ -72,6 +77,7 @@ impl<M: crate::Message> Ctx<M> {
             stopping: false,
             draining: false,
             drain_after: false,
+            queue_incarnation,
         }
     }
 
