@@ -25,7 +25,7 @@ use crate::node::NodeMsg;
 /// One position in a hierarchy: an agent, a supervisor or a team lead.
 ///
 /// **Layout** (`repr(C)`, in this order): what senders write on every send first (the
-/// mailbox's lock word, the count of queued tasks, the flag, the sender-side counters),
+/// mailbox's lock word, the queue's word, the sender-side counters),
 /// then what is read but rarely written, then what the node's own actor writes and
 /// reads on every task (the owner-side counters, the epoch, the waiters). The middle
 /// keeps the two hot ends at least 64 bytes apart, so they never share a cache line
@@ -566,6 +566,7 @@ impl<M: Send + 'static> Slot<M> {
             if word.incarnation() != me {
                 return false;
             }
+            debug_assert!(w & BUSY != 0, "an agent gives up a queue it does not own");
             if word.queued() > 0 {
                 return true;
             }
@@ -594,6 +595,9 @@ impl<M: Send + 'static> Slot<M> {
             if word.incarnation() != me {
                 return;
             }
+            // every task popped was counted before its push: never more than the count
+            // (the `min` keeps a bug from reaching the incarnation's bits)
+            debug_assert!(u64::from(n) <= word.queued(), "more taken than counted");
             let less = w - QUEUED_ONE * u64::from(n).min(word.queued());
             match self
                 .queue
@@ -611,11 +615,16 @@ impl<M: Send + 'static> Slot<M> {
         QueueWord(self.queue.load(Ordering::SeqCst)).incarnation()
     }
 
-    /// The receiving end of the queue behind the agent's mailbox, for the agent to
-    /// keep for the rest of its incarnation; `None` if there is no queue yet (or the
-    /// agent already took it).
-    pub(crate) fn take_side(&self) -> Option<mpsc::Receiver<Queued<M>>> {
+    /// The receiving end of the queue behind the agent's mailbox, for the agent of
+    /// incarnation `me` to keep for the rest of its incarnation; `None` if there is no
+    /// queue yet (or the agent already took it), or if `me` has been detached: the
+    /// queue there now is the next incarnation's. Read under the mailbox's lock, which
+    /// `detach` takes to start the next incarnation, so the check and the take agree.
+    pub(crate) fn take_side(&self, me: u16) -> Option<mpsc::Receiver<Queued<M>>> {
         let mb = self.read();
+        if self.incarnation() != me {
+            return None;
+        }
         let side = mb.side.get()?;
         let rx = side.rx.lock().unwrap_or_else(|e| e.into_inner()).take();
         rx
@@ -1350,5 +1359,12 @@ mod queue_word {
             s.release(new),
             "the new incarnation still has its task to take"
         );
+        // the new incarnation's queue: only its own agent may take the receiving end
+        let _ = s.read().side.get_or_init(|| Box::new(super::Side::new()));
+        assert!(
+            s.take_side(old).is_none(),
+            "the old actor took the new queue"
+        );
+        assert!(s.take_side(new).is_some());
     }
 }

@@ -422,7 +422,7 @@ impl<A: Agent> AgentState<A> {
             })
         });
         if b.side.is_none() {
-            b.side = self.ctx.slot.take_side();
+            b.side = self.ctx.slot.take_side(self.ctx.queue_incarnation);
         }
         b.side.as_ref()?.try_recv().ok()
     }

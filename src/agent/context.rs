@@ -42,9 +42,10 @@ pub struct Ctx<M> {
     /// The first attempt gave up the queue behind the mailbox as soon as its handler
     /// was done, found tasks there and took it back: it takes them when it is done.
     pub(crate) drain_after: bool,
-    /// The slot's incarnation when this actor started (`Slot::incarnation`): the
-    /// agent's operations on the queue behind its mailbox name it, so that they do
-    /// nothing once this actor has been detached.
+    /// The slot's incarnation when this actor started (`Slot::incarnation`, counted
+    /// by `detach`; not `incarnation` above, which counts restarts): the agent's
+    /// operations on the queue behind its mailbox name it, so that they do nothing
+    /// once this actor has been detached.
     pub(crate) queue_incarnation: u16,
 }
 
