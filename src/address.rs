@@ -164,14 +164,17 @@ const INCARNATION_SHIFT: u32 = 48;
 struct QueueWord(u64);
 
 impl QueueWord {
+    /// The owner bit and the count, below the incarnation.
+    const OWNER_AND_COUNT: u64 = (1 << INCARNATION_SHIFT) - 1;
+
     /// Nothing queued and no owner: a sender may take the mailbox path.
     #[inline(always)]
     fn idle(self) -> bool {
-        self.0 & ((1 << INCARNATION_SHIFT) - 1) == 0
+        self.0 & Self::OWNER_AND_COUNT == 0
     }
 
     fn queued(self) -> u64 {
-        (self.0 & ((1 << INCARNATION_SHIFT) - 1)) >> 1
+        (self.0 & Self::OWNER_AND_COUNT) >> 1
     }
 
     fn incarnation(self) -> u16 {
@@ -272,11 +275,6 @@ impl<M: Send + 'static> Slot<M> {
         crate::accounting::snapshot(&self.tx, &self.own)
     }
 
-    /// Tasks submitted here (see [`SenderSide::submitted`]).
-    pub(crate) fn submitted(&self) -> u64 {
-        self.tx.submitted()
-    }
-
     /// Messages in the mailbox or being processed: enqueued but not settled.
     pub(crate) fn unsettled(&self) -> u64 {
         crate::accounting::unsettled(&self.tx, &self.own)
@@ -371,10 +369,9 @@ impl<M: Send + 'static> Slot<M> {
     /// slot, if there are any. The lead's in-flight count was lowered just before, by a
     /// SeqCst read-modify-write; it and the fence a waiter makes after registering
     /// (`wait_for_room`) mean that either the waiter sees the lower count or this sees
-    /// the waiter. Most
-    /// requests finish with nobody waiting, and then no lock is taken (tokio's
-    /// `notify_waiters` takes its waiters' mutex even with none). The slot is held
-    /// weakly: its intake holds the lead, which holds this.
+    /// the waiter. Most requests finish with nobody waiting, and then no lock is taken
+    /// (tokio's `notify_waiters` takes its waiters' mutex even with none). The slot is
+    /// held weakly: its intake holds the lead, which holds this.
     pub(crate) fn room_waker(self: &Arc<Self>) -> impl Fn() + Send + Sync + 'static {
         let slot = Arc::downgrade(self);
         move || {
@@ -560,24 +557,11 @@ impl<M: Send + 'static> Slot<M> {
     /// there). Does nothing (false) for a detached incarnation.
     #[inline]
     pub(crate) fn release(&self, me: u16) -> bool {
-        let mut w = self.queue.load(Ordering::SeqCst);
-        loop {
-            let word = QueueWord(w);
-            if word.incarnation() != me {
-                return false;
-            }
-            debug_assert!(w & BUSY != 0, "an agent gives up a queue it does not own");
-            if word.queued() > 0 {
-                return true;
-            }
-            match self
-                .queue
-                .compare_exchange(w, w & !BUSY, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return false,
-                Err(now) => w = now,
-            }
-        }
+        self.change_own_queue(me, |w| {
+            debug_assert!(w.0 & BUSY != 0, "an agent gives up a queue it does not own");
+            (w.queued() == 0).then_some(w.0 & !BUSY)
+        })
+        .is_some_and(|was| was.queued() > 0)
     }
 
     /// The agent of incarnation `me` took `n` tasks off the queue behind its mailbox.
@@ -586,24 +570,40 @@ impl<M: Send + 'static> Slot<M> {
     /// queue. Does nothing for a detached incarnation.
     #[inline]
     pub(crate) fn took_queued(&self, me: u16, n: u32) {
-        if n == 0 {
-            return;
+        if n > 0 {
+            self.change_own_queue(me, |w| {
+                // every task popped was counted before its push: never more than the
+                // count (the `min` keeps a bug from reaching the incarnation's bits)
+                debug_assert!(u64::from(n) <= w.queued(), "more taken than counted");
+                Some(w.0 - QUEUED_ONE * u64::from(n).min(w.queued()))
+            });
         }
+    }
+
+    /// The agent's own change to the queue's word, in one compare-and-swap: `change`
+    /// gives the new word for the current one, or `None` to leave it. Nothing is changed
+    /// if the word is no longer incarnation `me`'s (the agent was detached). Gives the
+    /// word as it was, or `None` for a detached incarnation.
+    #[inline]
+    fn change_own_queue(
+        &self,
+        me: u16,
+        change: impl Fn(QueueWord) -> Option<u64>,
+    ) -> Option<QueueWord> {
         let mut w = self.queue.load(Ordering::SeqCst);
         loop {
             let word = QueueWord(w);
             if word.incarnation() != me {
-                return;
+                return None;
             }
-            // every task popped was counted before its push: never more than the count
-            // (the `min` keeps a bug from reaching the incarnation's bits)
-            debug_assert!(u64::from(n) <= word.queued(), "more taken than counted");
-            let less = w - QUEUED_ONE * u64::from(n).min(word.queued());
+            let Some(new) = change(word) else {
+                return Some(word);
+            };
             match self
                 .queue
-                .compare_exchange(w, less, Ordering::SeqCst, Ordering::SeqCst)
+                .compare_exchange(w, new, Ordering::SeqCst, Ordering::SeqCst)
             {
-                Ok(_) => return,
+                Ok(_) => return Some(word),
                 Err(now) => w = now,
             }
         }
@@ -1340,7 +1340,7 @@ mod queue_word {
         let new = s.incarnation();
         assert_ne!(old, new);
         assert_eq!(
-            s.queue.load(Ordering::SeqCst) & !(u64::MAX << super::INCARNATION_SHIFT),
+            s.queue.load(Ordering::SeqCst) & super::QueueWord::OWNER_AND_COUNT,
             0,
             "the next incarnation starts with the queue empty and unowned"
         );

@@ -68,6 +68,23 @@ struct InHand<M> {
     side: Option<std::sync::mpsc::Receiver<Queued<M>>>,
 }
 
+/// The box in hand (`AgentState::parked`), made at the first task (or the first look
+/// at the queue behind the mailbox) and reused for the actor's whole life.
+#[inline(always)]
+fn in_hand<'a, M>(
+    parked: &'a mut Option<Box<InHand<M>>>,
+    myself: &ActorRef<NodeMsg<M>>,
+) -> &'a mut InHand<M> {
+    parked.get_or_insert_with(|| {
+        Box::new(InHand {
+            current: None,
+            payload: None,
+            myself: myself.clone(),
+            side: None,
+        })
+    })
+}
+
 /// Builds agent values: once per incarnation. A thin pointer (to a boxed closure):
 /// the agent's state, which holds it, lives in the actor's task for its whole life.
 pub(crate) type Factory<A> = Arc<Box<dyn Fn(usize) -> A + Send + Sync>>;
@@ -311,20 +328,9 @@ impl<A: Agent> AgentState<A> {
         self.ctx.attempt = 1;
         // ctx.meta is None between tasks: swapping moves without a drop
         std::mem::swap(&mut self.ctx.meta, &mut head.meta);
-        match &mut self.parked {
-            Some(b) => {
-                b.current = Some((head, spare));
-                b.payload = Some(payload);
-            }
-            None => {
-                self.parked = Some(Box::new(InHand {
-                    current: Some((head, spare)),
-                    payload: Some(payload),
-                    myself: myself.clone(),
-                    side: None,
-                }))
-            }
-        }
+        let b = in_hand(&mut self.parked, myself);
+        b.current = Some((head, spare));
+        b.payload = Some(payload);
         true
     }
 
@@ -413,14 +419,7 @@ impl<A: Agent> AgentState<A> {
     /// box in hand (made here if no task has made it yet); it is taken from the slot at
     /// the first look.
     fn next_queued(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> Option<Queued<A::Msg>> {
-        let b = self.parked.get_or_insert_with(|| {
-            Box::new(InHand {
-                current: None,
-                payload: None,
-                myself: myself.clone(),
-                side: None,
-            })
-        });
+        let b = in_hand(&mut self.parked, myself);
         if b.side.is_none() {
             b.side = self.ctx.slot.take_side(self.ctx.queue_incarnation);
         }

@@ -226,7 +226,7 @@ impl<M: crate::Message> Shared<M> {
             c.submitted = 0;
             outcomes += c;
         }
-        let submitted: u64 = self.directory.all.iter().map(|s| s.submitted()).sum();
+        let submitted: u64 = self.directory.all.iter().map(|s| s.tx.submitted()).sum();
         outcomes.submitted = submitted;
         outcomes
     }
