@@ -758,13 +758,13 @@ impl<A: Agent> AgentState<A> {
                         reason: esc.reason.clone(),
                     },
                 ));
-                head.meta_mut().escalation = Some(EscalationInfo {
+                head.meta_mut().escalation = Some(Box::new(EscalationInfo {
                     severity: esc.severity,
                     reason: esc.reason,
                     origin,
                     from: slot.path.clone(),
                     key: esc.key,
-                });
+                }));
                 head.attempt = 0;
                 let task = Task {
                     head,

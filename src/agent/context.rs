@@ -122,7 +122,7 @@ impl<M: crate::Message> Ctx<M> {
 
     /// When handling an escalation from below: its severity, reason and origin.
     pub fn escalation(&self) -> Option<&EscalationInfo> {
-        self.meta.as_ref().and_then(|m| m.escalation.as_ref())
+        self.meta.as_ref().and_then(|m| m.escalation.as_deref())
     }
 
     /// A random number generator seeded from the hierarchy seed, this agent's position

@@ -271,7 +271,7 @@ impl<M: crate::Message + Serialize + DeserializeOwned> Team for HostedTeam<M> {
             let escalation = task.escalation;
             let id = match agent.submit_with(task.payload, Some(tx.into()), false, |h| {
                 if escalation.is_some() {
-                    h.meta_mut().escalation = escalation;
+                    h.meta_mut().escalation = escalation.map(Box::new);
                 }
             }) {
                 Ok(id) => id,

@@ -379,13 +379,13 @@ impl<M: crate::Message> Shared<M> {
         bump(&at.own.rare().escalated_up);
         let meta = head.meta_mut();
         meta.trail.extend(esc.trail);
-        meta.escalation = Some(EscalationInfo {
+        meta.escalation = Some(Box::new(EscalationInfo {
             severity: esc.severity,
             reason: esc.reason.clone(),
             origin: esc.origin,
             from: at.path.clone(),
             key: None,
-        });
+        }));
         head.record(self.entry(
             at,
             Decision::Escalated {

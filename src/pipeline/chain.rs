@@ -59,18 +59,22 @@ pub(crate) struct Home<M> {
 }
 
 /// A chained run's continuation, carried in its task's metadata from stage to stage.
+///
+/// `repr(C)`, what every hop reads first (the stage, the pipeline, the input, whether
+/// the caller wants a per-stage report): see [`crate::envelope::TaskMeta`]'s layout.
+#[repr(C)]
 pub(crate) struct Link<M> {
-    p: Arc<PipelineShared<M>>,
-    id: TaskId,
     /// The stage that holds the task.
     stage: usize,
+    p: Arc<PipelineShared<M>>,
     /// A copy of that stage's input: `Verdict::Done` and an absorbed escalation pass
     /// the input on unchanged.
     input: Option<M>,
+    answer: Answer<M>,
+    id: TaskId,
     /// The run's own `branch` flag (a run may be a branch of an outer router or
     /// pipeline), restored when the run escalates.
     was_branch: bool,
-    answer: Answer<M>,
 }
 
 enum Answer<M> {
@@ -81,11 +85,13 @@ enum Answer<M> {
 }
 
 /// What the caller waits on.
+#[repr(C)]
 struct Ports<M> {
+    /// The per-stage report, kept only when the caller asked for it (boxed: a hop
+    /// looks at whether it is there, and most runs have none).
+    tally: Option<Box<Tally>>,
     reply: Option<Reply<M>>,
     detail: Option<oneshot::Sender<Detail<M>>>,
-    /// The per-stage report, kept only when the caller asked for it.
-    tally: Option<Tally>,
 }
 
 struct Tally {
@@ -352,7 +358,9 @@ pub(crate) fn start<M: crate::Message>(
         }
     }
     let detail = meta.detail.take();
-    let tally = detail.as_ref().map(|_| Tally::new(p, Instant::now()));
+    let tally = detail
+        .as_ref()
+        .map(|_| Box::new(Tally::new(p, Instant::now())));
     let ports = Ports {
         reply,
         detail,
@@ -1041,4 +1049,43 @@ fn finish<M: crate::Message>(
         }
     }
     drop(link);
+}
+
+#[cfg(test)]
+mod layout {
+    use std::mem::{offset_of, size_of};
+
+    use super::Link;
+    use crate::envelope::TaskMeta;
+
+    /// A hop of a chained run reads the task's metadata box: the budget, the
+    /// escalation, and the link's stage, pipeline, input and answer. For a small
+    /// message they all start in the box's first cache line (see `TaskMeta`'s layout).
+    #[test]
+    fn a_hop_reads_the_first_cache_line_of_the_metadata() {
+        type M = u64;
+        let chain = offset_of!(TaskMeta<M>, chain);
+        let hot = [
+            offset_of!(TaskMeta<M>, budget) + size_of::<usize>(),
+            offset_of!(TaskMeta<M>, escalation) + size_of::<usize>(),
+            chain + offset_of!(Link<M>, stage) + size_of::<usize>(),
+            chain + offset_of!(Link<M>, p) + size_of::<usize>(),
+            chain + offset_of!(Link<M>, input) + size_of::<Option<M>>(),
+        ];
+        for end in hot {
+            assert!(
+                end <= 64,
+                "a hop's field ends at byte {end} of the metadata"
+            );
+        }
+        // the answer (whether a per-stage report is kept) starts there too
+        assert!(chain + offset_of!(Link<M>, answer) < 64);
+        // and the box shrank from 288 bytes when the escalation and the report were
+        // kept in place
+        assert!(
+            size_of::<TaskMeta<M>>() <= 160,
+            "{}",
+            size_of::<TaskMeta<M>>()
+        );
+    }
 }
