@@ -1137,16 +1137,18 @@ where
     }
 }
 
-/// One row measured the three ways, each way `cfg.reps` times if it is selected.
+/// One row measured the three ways, each way `cfg.reps` times if it is selected. The
+/// repetitions take turns (tokio, ractor, echelon, then again), so that a machine
+/// that slows down or speeds up during the row weighs on the three alike.
 #[allow(clippy::too_many_arguments)]
 async fn three_ways<T, TF, R, RF, E, EF>(
     cfg: &BenchConfig,
     name: &str,
     unit: &str,
     higher_is_better: bool,
-    tokio: T,
-    ractor: R,
-    echelon: E,
+    mut tokio: T,
+    mut ractor: R,
+    mut echelon: E,
 ) -> Row
 where
     T: FnMut() -> TF,
@@ -1156,15 +1158,19 @@ where
     E: FnMut() -> EF,
     EF: std::future::Future<Output = f64>,
 {
-    let r = cfg.reps;
-    row(
-        name,
-        unit,
-        higher_is_better,
-        reps_of(cfg, Way::Tokio, r, tokio).await,
-        reps_of(cfg, Way::Ractor, r, ractor).await,
-        reps_of(cfg, Way::Echelon, r, echelon).await,
-    )
+    let (mut t, mut r, mut e) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..cfg.reps.max(1) {
+        if cfg.way(Way::Tokio) {
+            t.push(tokio().await);
+        }
+        if cfg.way(Way::Ractor) {
+            r.push(ractor().await);
+        }
+        if cfg.way(Way::Echelon) {
+            e.push(echelon().await);
+        }
+    }
+    row(name, unit, higher_is_better, stats(t), stats(r), stats(e))
 }
 
 fn row(
