@@ -18,7 +18,7 @@ use ractor::{ActorRef, MessagingErr};
 use tokio::sync::{oneshot, Notify};
 
 use crate::accounting::{bump, Counters, OwnerSide, SenderSide};
-use crate::envelope::{Batch, Outcome, Path, Reply, Role, Task, TaskId};
+use crate::envelope::{Answer, Batch, Outcome, Path, Reply, Role, Task, TaskId};
 use crate::hierarchy::shared::Shared;
 use crate::node::NodeMsg;
 
@@ -774,7 +774,7 @@ impl<M: Send + 'static> Slot<M> {
 }
 
 /// The outcome and detail ports of a request submitted with `submit_with_detail`.
-pub(crate) type WithDetail<M> = (oneshot::Receiver<Outcome<M>>, crate::router::DetailRx<M>);
+pub(crate) type WithDetail<M> = (oneshot::Receiver<Answer<M>>, crate::router::DetailRx<M>);
 
 /// A handle to one agent: send it tasks, call it and wait for the outcome.
 ///
@@ -854,7 +854,7 @@ impl<M: crate::Message> AgentRef<M> {
         self.wait_for_room(1).await;
         let (tx, rx) = oneshot::channel();
         let id = self.submit(msg, Some(tx.into()), true)?;
-        Ok(rx.await.unwrap_or_else(|_| self.lost(id)))
+        Ok(self.answered(id, rx.await))
     }
 
     /// Submit several tasks in **one mailbox message**: one lock, one set of counter
@@ -974,6 +974,19 @@ impl<M: crate::Message> AgentRef<M> {
         }
     }
 
+    /// The outcome of task `id`, submitted here, from what its channel gave.
+    #[inline]
+    fn answered(
+        &self,
+        id: TaskId,
+        got: Result<Answer<M>, oneshot::error::RecvError>,
+    ) -> Outcome<M> {
+        match got {
+            Ok(answer) => answer.outcome(&self.slot.path),
+            Err(_) => self.lost(id),
+        }
+    }
+
     fn lost(&self, id: TaskId) -> Outcome<M> {
         Outcome::Failed(crate::envelope::Failure {
             task: id,
@@ -1008,7 +1021,7 @@ impl<M: crate::Message> AgentRef<M> {
         }
         let (tx, rx) = oneshot::channel();
         let id = self.submit(msg, Some(tx.into()), true)?;
-        Ok(rx.await.unwrap_or_else(|_| self.lost(id)))
+        Ok(self.answered(id, rx.await))
     }
 
     /// Fault injection: kill this agent's current actor outright, as if its process

@@ -279,7 +279,7 @@ impl<M: crate::Message + Serialize + DeserializeOwned> Team for HostedTeam<M> {
                     return HostAnswer::Error(format!("the hosted agent is not taking work: {e}"))
                 }
             };
-            let verdict = match rx.instrument(span).await {
+            let verdict = match rx.instrument(span).await.map(|a| a.outcome(agent.path())) {
                 Ok(Outcome::Completed { reply, .. }) => {
                     let esc = escalations
                         .lock()

@@ -375,7 +375,7 @@ impl<M: crate::Message> Run<M> {
                     },
                     None => rx.await,
                 };
-                match got {
+                match got.map(|a| a.outcome(&slot.path)) {
                     Ok(Outcome::Completed { reply, .. }) => Attempt::Output(reply),
                     Ok(Outcome::Escalated {
                         severity,

@@ -991,7 +991,8 @@ fn finish<M: crate::Message>(
     };
     let i = link.stage;
     let spent_now = spent(head.budget());
-    let path = link.p.home.get().map(|h| h.slot.path.clone());
+    // the pipeline answers as its lead (where the caller sent the run)
+    let home = link.p.home.get().map(|h| &*h.slot);
     match end {
         End::Output(m) => {
             bump(&counted_at(&link, at).own.completed);
@@ -1005,11 +1006,9 @@ fn finish<M: crate::Message>(
                 _ => None,
             };
             if let Some(tx) = reply {
-                tx.send(Outcome::Completed {
-                    reply: Some(m),
-                    by: path.unwrap_or_else(|| at.path.clone()),
-                    trail: head.take_trail(),
-                });
+                let by = home.unwrap_or(at);
+                let here = shared.submitted_at(head.id, by);
+                tx.completed(here, &by.path, Some(m), head.take_trail());
             }
             if let (Some(tx), Some((t, m))) = (detail, report) {
                 let _ = tx.send(Detail::Run(RunReport {
@@ -1037,7 +1036,7 @@ fn finish<M: crate::Message>(
             send_failure(
                 ports,
                 head.id,
-                path,
+                home.map(|s| s.path.clone()),
                 head.attempt,
                 trail,
                 err,

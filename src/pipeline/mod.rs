@@ -349,7 +349,7 @@ impl<M: crate::Message> PipelineHandle<M> {
         match detail.await {
             Ok(Detail::Run(r)) => Ok(r),
             _ => {
-                let reason = match outcome.await {
+                let reason = match outcome.await.map(|a| a.outcome(self.entry.path())) {
                     Ok(Outcome::Failed(f)) => f.reason,
                     Ok(_) => "the pipeline gave no report".to_string(),
                     Err(_) => "the run was lost with the pipeline's actor".to_string(),

@@ -245,7 +245,7 @@ impl<M: crate::Message> RouterHandle<M> {
         match detail.await {
             Ok(Detail::Gather(g)) => Ok(g),
             _ => {
-                let reason = match outcome.await {
+                let reason = match outcome.await.map(|a| a.outcome(self.entry.path())) {
                     Ok(Outcome::Failed(f)) => f.reason,
                     Ok(_) => "the router gave no detail".to_string(),
                     Err(_) => "the request was lost with the router's actor".to_string(),
