@@ -19,17 +19,23 @@ use tokio::sync::oneshot;
 pub struct TaskId(pub u64);
 
 impl TaskId {
-    /// The id of the `seq`-th task submitted at the node with this `uid`.
+    /// The id of the `seq`-th task submitted at the node with this `uid`. The node's
+    /// part is 24 bits: the nodes from [`TaskId::SHARED_NODE`] up all use that one
+    /// value (their ids are told apart by the sequence only).
     #[inline]
     pub(crate) fn at(uid: u32, seq: u64) -> TaskId {
-        TaskId(((uid as u64) << 40) | (seq & ((1 << 40) - 1)))
+        let node = u64::from(uid.min(Self::SHARED_NODE));
+        TaskId((node << 40) | (seq & ((1 << 40) - 1)))
     }
 
-    /// Was this task submitted at the node with this `uid`? Exact in a hierarchy of at
-    /// most 2^24 nodes (an id keeps the low 24 bits of its node's uid).
+    /// The node part shared by every node from this uid up.
+    const SHARED_NODE: u32 = (1 << 24) - 1;
+
+    /// Was this task submitted at the node with this `uid` (of its own hierarchy)?
+    /// Never assumed for the nodes that share [`TaskId::SHARED_NODE`].
     #[inline]
     pub(crate) fn submitted_at(self, uid: u32) -> bool {
-        self.0 >> 40 == u64::from(uid)
+        uid < Self::SHARED_NODE && self.0 >> 40 == u64::from(uid)
     }
 }
 
@@ -385,15 +391,17 @@ pub(crate) enum Detail<M> {
 
 /// The rarely used parts of a task, boxed so a plain task stays small.
 ///
-/// **Layout** (`repr(C)`, in this order): what a chained pipeline's hop reads first
+/// **Layout** (`repr(C, align(64))`, in this order): what a chained pipeline's hop reads first
 /// (the budget, whether the task escalates, the run's link), then the rest. The box
 /// moves with the task from stage to stage, and under load the next stage runs on the
 /// other core: every line of it that a hop reads is a cache miss there. With the
 /// escalation boxed (it is rare) a hop reads the box's first 64 bytes for a small
-/// message (a unit test pins it), where it used to read four of its five lines.
-/// Measured on W5's throughput, see BENCHMARKS.md.
+/// message (a unit test pins it), and the alignment makes those one cache line (152
+/// bytes unaligned fell in jemalloc's 160-byte class, which starts every other box 32
+/// bytes into a line); it used to read four of the box's five lines. The box is 192
+/// bytes, was 288. Measured on W5's throughput, see BENCHMARKS.md.
 #[derive(Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub(crate) struct TaskMeta<M> {
     /// The run's budget, shared by its stages and branches.
     pub(crate) budget: Option<std::sync::Arc<crate::budget::Budget>>,
@@ -450,10 +458,9 @@ impl<M> Reply<M> {
         }
     }
 
-    /// Task `id` completed at the node `by` (whose uid is `uid`). `here`: the task was
-    /// submitted at that node ([`TaskId::submitted_at`], checked by the caller with the
-    /// hierarchy's size). A caller then gets [`Answer::Here`] and names the node
-    /// itself, from the path it holds: the path's shared count is raised and lowered
+    /// A task completed at the node `by`. `here`: it was submitted at that node
+    /// ([`TaskHead::completes_where_submitted`]). A caller then gets [`Answer::Here`]
+    /// and names the node itself, from the path it holds: the path's shared count is raised and lowered
     /// on the caller's thread alone, not raised here (on the agent's) and lowered
     /// there, which moved its cache line between the two cores on every answer.
     #[inline]
@@ -606,6 +613,14 @@ impl<M> TaskHead<M> {
     #[inline]
     pub(crate) fn in_chain(&self) -> bool {
         self.meta.as_ref().is_some_and(|m| m.chain.is_some())
+    }
+
+    /// Does this task end at the node it was submitted to, if it ends at the node with
+    /// `uid` ([`Reply::completed`])? A task never leaves its hierarchy (a forward to
+    /// another one is refused), so the uid in its id names a node of the same one.
+    #[inline]
+    pub(crate) fn completes_where_submitted(&self, uid: u32) -> bool {
+        self.id.submitted_at(uid)
     }
 
     pub(crate) fn escalation(&self) -> Option<&EscalationInfo> {

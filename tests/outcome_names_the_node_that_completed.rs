@@ -14,10 +14,26 @@ enum Job {
     Ping,
     /// Forward to agent `a/1` as a ping.
     Pass,
+    /// Forward to agent `a/1` as `Back`.
+    There,
+    /// Forward to agent `a/0` as a ping.
+    Back,
 }
 
 struct A {
-    next: Arc<OnceLock<AgentRef<Job>>>,
+    agents: Arc<OnceLock<[AgentRef<Job>; 2]>>,
+}
+
+impl A {
+    fn to(&self, i: usize, msg: Job) -> Result<Verdict<Job>, AgentError> {
+        match self.agents.get() {
+            Some(a) => Ok(Verdict::Forward {
+                to: a[i].clone(),
+                msg,
+            }),
+            None => Err(AgentError::reject("no agents to forward to yet")),
+        }
+    }
 }
 
 impl Agent for A {
@@ -25,13 +41,9 @@ impl Agent for A {
     async fn handle(&mut self, _: &mut Ctx<Job>, msg: Job) -> Result<Verdict<Job>, AgentError> {
         match msg {
             Job::Ping => Ok(Verdict::Reply(Job::Ping)),
-            Job::Pass => match self.next.get() {
-                Some(to) => Ok(Verdict::Forward {
-                    to: to.clone(),
-                    msg: Job::Ping,
-                }),
-                None => Err(AgentError::reject("no agent to pass to yet")),
-            },
+            Job::Pass => self.to(1, Job::Ping),
+            Job::There => self.to(1, Job::Back),
+            Job::Back => self.to(0, Job::Ping),
         }
     }
 }
@@ -45,15 +57,17 @@ fn completed_by(o: Outcome<Job>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_names_the_agent_that_completed_it() {
-    let next = Arc::new(OnceLock::new());
-    let n = next.clone();
+    let agents = Arc::new(OnceLock::new());
+    let all = agents.clone();
     let h = Hierarchy::builder("h")
-        .tier("a", 2, move |_| A { next: n.clone() })
+        .tier("a", 2, move |_| A {
+            agents: all.clone(),
+        })
         .spawn()
         .await
         .expect("spawn");
     let (a0, a1) = (h.agent("a/0").expect("a/0"), h.agent("a/1").expect("a/1"));
-    let _ = next.set(a1.clone());
+    let _ = agents.set([a0.clone(), a1.clone()]);
 
     // completed where it was sent: named by the caller
     for agent in [&a0, &a1] {
@@ -65,6 +79,11 @@ async fn a_call_names_the_agent_that_completed_it() {
     // completed elsewhere (forwarded from a/0 to a/1): named by the node that did
     let o = within(5, "a pass", a0.call(Job::Pass)).await.expect("sent");
     assert_eq!(completed_by(o), a1.path().to_string());
+    // forwarded away and back: it ends where it was submitted, and is named so
+    let o = within(5, "there and back", a0.call(Job::There))
+        .await
+        .expect("sent");
+    assert_eq!(completed_by(o), a0.path().to_string());
     // and again after many: the caller's copies of the path come and go
     for _ in 0..1000 {
         let o = within(5, "a ping", a0.call(Job::Ping)).await.expect("sent");

@@ -13,7 +13,7 @@ use crate::accounting::{bump, Counters};
 use crate::address::Slot;
 use crate::envelope::{
     AuditEntry, BranchEscalation, Decision, EscalationInfo, EscalationReport, Failure, FailureKind,
-    Outcome, Role, Task, TaskHead, TaskId,
+    Outcome, Role, Task, TaskHead,
 };
 use crate::node::NodeMsg;
 
@@ -233,13 +233,6 @@ impl<M: crate::Message> Shared<M> {
 
     // ---- resolutions: the three ways a task ends --------------------------------
 
-    /// Was task `id` submitted at `at` ([`TaskId::submitted_at`], exact in a hierarchy
-    /// of at most 2^24 nodes; in a larger one, never assumed)?
-    #[inline]
-    pub(crate) fn submitted_at(&self, id: TaskId, at: &Slot<M>) -> bool {
-        self.directory.all.len() <= 1 << 24 && id.submitted_at(at.uid)
-    }
-
     /// The task is complete at `at`.
     #[inline]
     pub(crate) fn complete(&self, at: &Slot<M>, head: TaskHead<M>, reply: Option<M>) {
@@ -250,18 +243,15 @@ impl<M: crate::Message> Shared<M> {
         bump(&at.own.completed);
         // taken apart and matched by value, so that a `None` needs no drop call (the
         // drop of a whole head calls one per field)
+        let here = head.completes_where_submitted(at.uid);
         let TaskHead {
-            id,
-            reply: to,
-            meta,
-            ..
+            reply: to, meta, ..
         } = head;
         let trail = match meta {
             Some(meta) => meta.trail,
             None => Vec::new(),
         };
         if let Some(to) = to {
-            let here = self.submitted_at(id, at);
             to.completed(here, &at.path, reply, trail);
         }
     }

@@ -1007,7 +1007,7 @@ fn finish<M: crate::Message>(
             };
             if let Some(tx) = reply {
                 let by = home.unwrap_or(at);
-                let here = shared.submitted_at(head.id, by);
+                let here = head.completes_where_submitted(by.uid);
                 tx.completed(here, &by.path, Some(m), head.take_trail());
             }
             if let (Some(tx), Some((t, m))) = (detail, report) {
@@ -1077,12 +1077,16 @@ mod layout {
                 "a hop's field ends at byte {end} of the metadata"
             );
         }
+        // the link sits at the start of its option (the option's tag is a niche)
+        assert_eq!(size_of::<Option<Link<M>>>(), size_of::<Link<M>>());
         // the answer (whether a per-stage report is kept) starts there too
         assert!(chain + offset_of!(Link<M>, answer) < 64);
-        // and the box shrank from 288 bytes when the escalation and the report were
-        // kept in place
+        // in one cache line: the box starts at one
+        assert_eq!(std::mem::align_of::<TaskMeta<M>>(), 64);
+        // and it shrank from 288 bytes when the escalation and the report were kept in
+        // place
         assert!(
-            size_of::<TaskMeta<M>>() <= 160,
+            size_of::<TaskMeta<M>>() <= 192,
             "{}",
             size_of::<TaskMeta<M>>()
         );
