@@ -31,8 +31,10 @@ impl TaskId {
     /// The node part shared by every node from this uid up.
     const SHARED_NODE: u32 = (1 << 24) - 1;
 
-    /// Was this task submitted at the node with this `uid` (of its own hierarchy)?
-    /// Never assumed for the nodes that share [`TaskId::SHARED_NODE`].
+    /// Was this task submitted at the node with this `uid`? A task never leaves its
+    /// hierarchy (a forward to another one is refused), so the node part names a node
+    /// of the hierarchy it is in. Never assumed for the nodes that share
+    /// [`TaskId::SHARED_NODE`].
     #[inline]
     pub(crate) fn submitted_at(self, uid: u32) -> bool {
         uid < Self::SHARED_NODE && self.0 >> 40 == u64::from(uid)
@@ -458,20 +460,26 @@ impl<M> Reply<M> {
         }
     }
 
-    /// A task completed at the node `by`. `here`: it was submitted at that node
-    /// ([`TaskHead::completes_where_submitted`]). A caller then gets [`Answer::Here`]
-    /// and names the node itself, from the path it holds: the path's shared count is raised and lowered
-    /// on the caller's thread alone, not raised here (on the agent's) and lowered
-    /// there, which moved its cache line between the two cores on every answer.
+    /// Task `id` completed at the node `by`. A caller whose task was submitted there
+    /// ([`TaskId::submitted_at`]) gets [`Answer::Here`] and names the node itself, from
+    /// the path it holds: the path's shared count is raised and lowered on the caller's
+    /// thread alone, not raised here (on the agent's) and lowered there, which moved
+    /// its cache line between the two cores on every answer.
     #[inline]
-    pub(crate) fn completed(self, here: bool, by: &Path, reply: Option<M>, trail: Vec<AuditEntry>) {
+    pub(crate) fn completed(
+        self,
+        id: TaskId,
+        by: &crate::address::Slot<M>,
+        reply: Option<M>,
+        trail: Vec<AuditEntry>,
+    ) {
         match self {
-            Reply::Caller(tx) if here => {
+            Reply::Caller(tx) if id.submitted_at(by.uid) => {
                 let _ = tx.send(Answer::Here { reply, trail });
             }
             to => to.send(Outcome::Completed {
                 reply,
-                by: by.clone(),
+                by: by.path.clone(),
                 trail,
             }),
         }
@@ -613,14 +621,6 @@ impl<M> TaskHead<M> {
     #[inline]
     pub(crate) fn in_chain(&self) -> bool {
         self.meta.as_ref().is_some_and(|m| m.chain.is_some())
-    }
-
-    /// Does this task end at the node it was submitted to, if it ends at the node with
-    /// `uid` ([`Reply::completed`])? A task never leaves its hierarchy (a forward to
-    /// another one is refused), so the uid in its id names a node of the same one.
-    #[inline]
-    pub(crate) fn completes_where_submitted(&self, uid: u32) -> bool {
-        self.id.submitted_at(uid)
     }
 
     pub(crate) fn escalation(&self) -> Option<&EscalationInfo> {

@@ -243,16 +243,18 @@ impl<M: crate::Message> Shared<M> {
         bump(&at.own.completed);
         // taken apart and matched by value, so that a `None` needs no drop call (the
         // drop of a whole head calls one per field)
-        let here = head.completes_where_submitted(at.uid);
         let TaskHead {
-            reply: to, meta, ..
+            id,
+            reply: to,
+            meta,
+            ..
         } = head;
         let trail = match meta {
             Some(meta) => meta.trail,
             None => Vec::new(),
         };
         if let Some(to) = to {
-            to.completed(here, &at.path, reply, trail);
+            to.completed(id, at, reply, trail);
         }
     }
 

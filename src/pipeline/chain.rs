@@ -1006,9 +1006,7 @@ fn finish<M: crate::Message>(
                 _ => None,
             };
             if let Some(tx) = reply {
-                let by = home.unwrap_or(at);
-                let here = head.completes_where_submitted(by.uid);
-                tx.completed(here, &by.path, Some(m), head.take_trail());
+                tx.completed(head.id, home.unwrap_or(at), Some(m), head.take_trail());
             }
             if let (Some(tx), Some((t, m))) = (detail, report) {
                 let _ = tx.send(Detail::Run(RunReport {
