@@ -70,14 +70,16 @@ pub(crate) struct Link<M> {
     /// A copy of that stage's input: `Verdict::Done` and an absorbed escalation pass
     /// the input on unchanged.
     input: Option<M>,
-    answer: Answer<M>,
+    caller: Caller<M>,
     id: TaskId,
     /// The run's own `branch` flag (a run may be a branch of an outer router or
     /// pipeline), restored when the run escalates.
     was_branch: bool,
 }
 
-enum Answer<M> {
+/// Where the run's caller waits (named apart from `envelope::Answer`, what a caller's
+/// channel carries).
+enum Caller<M> {
     /// `None` once answered.
     Direct(Option<Ports<M>>),
     /// The run has a deadline: its timer may answer first.
@@ -193,9 +195,9 @@ impl<M: crate::Message> Link<M> {
 
     /// The caller's ports, to answer them; `None` if the deadline already did.
     fn take_ports(&mut self) -> Option<Ports<M>> {
-        match &mut self.answer {
-            Answer::Direct(p) => p.take(),
-            Answer::Watched(w) => w.take(),
+        match &mut self.caller {
+            Caller::Direct(p) => p.take(),
+            Caller::Watched(w) => w.take(),
         }
     }
 
@@ -203,24 +205,24 @@ impl<M: crate::Message> Link<M> {
     #[inline]
     fn plain(&self) -> bool {
         matches!(
-            &self.answer,
-            Answer::Direct(Some(Ports { tally: None, .. }))
+            &self.caller,
+            Caller::Direct(Some(Ports { tally: None, .. }))
         )
     }
 
     fn answered(&self) -> bool {
-        match &self.answer {
-            Answer::Direct(p) => p.is_none(),
-            Answer::Watched(w) => w.answered.load(Ordering::Acquire),
+        match &self.caller {
+            Caller::Direct(p) => p.is_none(),
+            Caller::Watched(w) => w.answered.load(Ordering::Acquire),
         }
     }
 
     #[inline]
     fn tally(&mut self, f: impl FnOnce(&mut Tally)) {
-        match &mut self.answer {
-            Answer::Direct(Some(Ports { tally: Some(t), .. })) => f(t),
-            Answer::Direct(_) => {}
-            Answer::Watched(w) => {
+        match &mut self.caller {
+            Caller::Direct(Some(Ports { tally: Some(t), .. })) => f(t),
+            Caller::Direct(_) => {}
+            Caller::Watched(w) => {
                 if w.tallied {
                     if let Some(Ports { tally: Some(t), .. }) = w.lock().as_mut() {
                         f(t);
@@ -232,7 +234,7 @@ impl<M: crate::Message> Link<M> {
 
     fn open(&mut self, i: usize, budget: Option<&Arc<Budget>>) {
         self.stage = i;
-        if let Answer::Watched(w) = &self.answer {
+        if let Caller::Watched(w) = &self.caller {
             w.stage.store(i, Ordering::Release);
         }
         self.tally(|t| t.open(i, spent(budget)));
@@ -250,9 +252,9 @@ impl<M> std::fmt::Debug for Link<M> {
 
 impl<M> Drop for Link<M> {
     fn drop(&mut self) {
-        let ports = match &mut self.answer {
-            Answer::Direct(p) => p.take(),
-            Answer::Watched(w) => {
+        let ports = match &mut self.caller {
+            Caller::Direct(p) => p.take(),
+            Caller::Watched(w) => {
                 let p = w.take();
                 w.done.notify_one();
                 p
@@ -366,8 +368,8 @@ pub(crate) fn start<M: crate::Message>(
         detail,
         tally,
     };
-    let answer = match p.cfg.deadline {
-        None => Answer::Direct(Some(ports)),
+    let caller = match p.cfg.deadline {
+        None => Caller::Direct(Some(ports)),
         Some(limit) => {
             let now = Instant::now();
             let w = Arc::new(Watch {
@@ -382,7 +384,7 @@ pub(crate) fn start<M: crate::Message>(
             });
             node.shared
                 .spawn(deadline_timer(p.clone(), w.clone(), head.id));
-            Answer::Watched(w)
+            Caller::Watched(w)
         }
     };
     // counted before anything can end the run, so a stop never misses it, and only
@@ -394,7 +396,7 @@ pub(crate) fn start<M: crate::Message>(
         stage: 0,
         input: None,
         was_branch: head.branch,
-        answer,
+        caller,
     };
     // the run's escalations come back to this lead as its result
     head.branch = true;
@@ -697,7 +699,7 @@ fn enter_general<M: crate::Message>(
     let Some(link) = meta.chain.as_mut() else {
         return;
     };
-    if let Answer::Watched(w) = &link.answer {
+    if let Caller::Watched(w) = &link.caller {
         if link.answered() {
             // the deadline answered the caller; the task ends here, as a failure
             if let Some(link) = take_link(&mut head) {
@@ -771,9 +773,9 @@ async fn run_function<M: crate::Message>(
     };
     let i = link.stage;
     let runs = link.p.runs.clone();
-    let deadline = match &link.answer {
-        Answer::Watched(w) => Some((w.deadline, w.limit)),
-        Answer::Direct(_) => None,
+    let deadline = match &link.caller {
+        Caller::Watched(w) => Some((w.deadline, w.limit)),
+        Caller::Direct(_) => None,
     };
     let attempt = async {
         // the function itself runs user code before it returns its future
@@ -1056,7 +1058,7 @@ mod layout {
     use crate::envelope::TaskMeta;
 
     /// A hop of a chained run reads the task's metadata box: the budget, the
-    /// escalation, and the link's stage, pipeline, input and answer. For a small
+    /// escalation, and the link's stage, pipeline, input and caller. For a small
     /// message they all start in the box's first cache line (see `TaskMeta`'s layout).
     #[test]
     fn a_hop_reads_the_first_cache_line_of_the_metadata() {
@@ -1077,8 +1079,8 @@ mod layout {
         }
         // the link sits at the start of its option (the option's tag is a niche)
         assert_eq!(size_of::<Option<Link<M>>>(), size_of::<Link<M>>());
-        // the answer (whether a per-stage report is kept) starts there too
-        assert!(chain + offset_of!(Link<M>, answer) < 64);
+        // the caller (whether a per-stage report is kept) starts there too
+        assert!(chain + offset_of!(Link<M>, caller) < 64);
         // in one cache line: the box starts at one
         assert_eq!(std::mem::align_of::<TaskMeta<M>>(), 64);
         // and it shrank from 288 bytes when the escalation and the report were kept in
