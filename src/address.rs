@@ -13,6 +13,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use ractor::{ActorRef, MessagingErr};
 use tokio::sync::{oneshot, Notify};
@@ -44,10 +47,16 @@ pub(crate) struct Slot<M> {
     ///   instead of being a mailbox message of its own. Whoever sets it owns the queue:
     ///   the agent takes from the queue only while it owns it, and a sender who sets it
     ///   sends a mailbox message, whose handling does;
-    /// - **how many tasks wait there or are being pushed** (bits 1 to 47): counted by a
+    /// - **how many tasks wait there or are being pushed** (bits 1 to 45): counted by a
     ///   sender before its push and by the agent after its pops (in one go, see
     ///   [`Slot::took_queued`]), so never below what waits. A sender sends to the
     ///   mailbox only when it is 0: what that sender queued before has been taken;
+    /// - **whether the owner waits on the queue** (bit 46, [`PARKED`]): an agent that has
+    ///   taken everything waits there for its next task, inside ractor's handler
+    ///   ([`Slot::park`]); a sender who queues a task then wakes it;
+    /// - **whether a message waits in the mailbox** (bit 47, [`CALLED`]): set after a
+    ///   mailbox send to an agent ([`Slot::call`]); the waiting agent wakes, gives the
+    ///   queue up and goes back to ractor's loop ([`Slot::leave`]);
     /// - **the incarnation** (bits 48 to 63, [`Slot::incarnation`]): `detach` starts the
     ///   next one with the queue empty and unowned, and the agent's own operations
     ///   ([`Slot::release`], [`Slot::took_queued`]) apply only to its own incarnation's
@@ -104,7 +113,7 @@ struct Mailbox<M> {
     actor: Option<ActorRef<NodeMsg<M>>>,
     /// The incarnation's queue behind its mailbox, made by the first sender that finds
     /// the agent busy; it goes with the incarnation (taken by `detach`).
-    side: OnceLock<Box<Side<M>>>,
+    side: OnceLock<Arc<Side<M>>>,
     /// The close reason and the messages waiting for the next incarnation; `None`
     /// while the slot is open with nothing pending, as it is nearly always.
     idle: Option<Box<Idle<M>>>,
@@ -112,17 +121,55 @@ struct Mailbox<M> {
 
 /// An agent incarnation's queue behind its ractor mailbox.
 ///
-/// A task sent to an idle agent is a mailbox message of its own, as in ractor. A task
-/// sent while the agent is busy (see [`Slot::queue`]) goes here, and the agent takes
-/// everything waiting here after the task in hand, before its next mailbox message:
-/// under load, many tasks cost one mailbox message (ractor's message loop costs about
-/// six times a channel's push and pop per message). Only tasks and batches go here
-/// ([`Queued`]).
-struct Side<M> {
+/// A task sent to an agent that owns no queue (it has not been sent a task, or was
+/// called away by a message for its mailbox) is a mailbox message of its own, as in
+/// ractor. A task sent while the agent owns its queue (see [`Slot::queue`]: it is
+/// working, or a task is on its way to it, or it waits here) goes here, and the agent
+/// takes everything waiting here after the task in hand, then waits here for the next
+/// ([`Slot::park`]): many tasks cost one mailbox message (ractor's message loop costs
+/// about six times a channel's push and pop per message). Only tasks and batches go
+/// here ([`Queued`]).
+pub(crate) struct Side<M> {
     tx: mpsc::Sender<Queued<M>>,
     /// Taken by the agent at its first look, and kept in its state: if the actor dies,
     /// what was queued goes with it, as a dead actor's mailbox does.
     rx: Mutex<Option<mpsc::Receiver<Queued<M>>>>,
+    /// The agent's task while it waits here (see [`Slot::park`]): woken by a sender
+    /// that queues a task, or by a message for its mailbox ([`Slot::deliver`]).
+    waker: AtomicWaker,
+}
+
+/// The agent's end of the queue behind its mailbox: the receiver, and the queue
+/// itself, whose waker it registers when it waits there ([`Slot::park`]).
+pub(crate) struct SideEnd<M> {
+    pub(crate) side: Arc<Side<M>>,
+    rx: mpsc::Receiver<Queued<M>>,
+}
+
+impl<M> Drop for SideEnd<M> {
+    /// The agent's actor is gone: its task's waker must not keep that task's memory
+    /// alive in the slot.
+    fn drop(&mut self) {
+        drop(self.side.waker.take());
+    }
+}
+
+impl<M> SideEnd<M> {
+    /// The next queued task or batch, if any.
+    #[inline]
+    pub(crate) fn pop(&mut self) -> Option<Queued<M>> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Why an agent waiting on its queue ([`Slot::park`]) woke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woke {
+    /// Tasks are counted in the queue: take them.
+    Tasks,
+    /// A message waits in the mailbox (or the incarnation was detached): leave the
+    /// queue ([`Slot::leave`]) for the message loop.
+    Called,
 }
 
 /// What waits in the queue behind an agent's mailbox: work only.
@@ -148,6 +195,7 @@ impl<M> Side<M> {
         Side {
             tx,
             rx: Mutex::new(Some(rx)),
+            waker: AtomicWaker::new(),
         }
     }
 }
@@ -156,6 +204,14 @@ impl<M> Side<M> {
 const BUSY: u64 = 1;
 /// One task in the count of [`Slot::queue`].
 const QUEUED_ONE: u64 = 2;
+/// The count's bits in [`Slot::queue`] (1 to 45).
+const COUNT: u64 = ((1 << 46) - 1) & !BUSY;
+/// The owner waits on the queue ([`Slot::park`]): a sender who queues wakes it. Set
+/// only with [`BUSY`].
+const PARKED: u64 = 1 << 46;
+/// A message went to the mailbox ([`Slot::deliver`]): an owner waiting on the queue
+/// leaves it for its message loop ([`Slot::leave`]).
+const CALLED: u64 = 1 << 47;
 /// Where the incarnation starts in [`Slot::queue`].
 const INCARNATION_SHIFT: u32 = 48;
 
@@ -164,17 +220,14 @@ const INCARNATION_SHIFT: u32 = 48;
 struct QueueWord(u64);
 
 impl QueueWord {
-    /// The owner bit and the count, below the incarnation.
-    const OWNER_AND_COUNT: u64 = (1 << INCARNATION_SHIFT) - 1;
-
     /// Nothing queued and no owner: a sender may take the mailbox path.
     #[inline(always)]
     fn idle(self) -> bool {
-        self.0 & Self::OWNER_AND_COUNT == 0
+        self.0 & (BUSY | COUNT) == 0
     }
 
     fn queued(self) -> u64 {
-        (self.0 & Self::OWNER_AND_COUNT) >> 1
+        (self.0 & COUNT) >> 1
     }
 
     fn incarnation(self) -> u16 {
@@ -448,7 +501,7 @@ impl<M: Send + 'static> Slot<M> {
                     // `send_to` written out: the message is moved once, not through
                     // another layer (72 bytes for a small message type)
                     let sent = if self.to_mailbox(&msg) {
-                        self.try_send(actor, msg, counted)
+                        self.try_send_called(&mb, actor, msg, counted)
                     } else {
                         self.queue_behind(&mb, actor, msg, counted)
                     };
@@ -476,9 +529,43 @@ impl<M: Send + 'static> Slot<M> {
         counted: u64,
     ) -> Result<(), NodeMsg<M>> {
         if self.to_mailbox(&msg) {
-            self.try_send(actor, msg, counted)
+            self.try_send_called(mb, actor, msg, counted)
         } else {
             self.queue_behind(mb, actor, msg, counted)
+        }
+    }
+
+    /// [`Slot::try_send`] to the mailbox, then, for an agent, the mark that calls it
+    /// away from its queue if it waits there ([`Slot::park`]): a message for an agent
+    /// that waits on its queue would otherwise wait for its next task.
+    #[inline(always)]
+    fn try_send_called(
+        &self,
+        mb: &Mailbox<M>,
+        actor: &ActorRef<NodeMsg<M>>,
+        msg: NodeMsg<M>,
+        counted: u64,
+    ) -> Result<(), NodeMsg<M>> {
+        // (work goes to an agent's mailbox only when the agent is idle: not parked)
+        let call = self.role == Role::Agent && !matches!(msg, NodeMsg::Task(_) | NodeMsg::Batch(_));
+        self.try_send(actor, msg, counted)?;
+        if call {
+            self.call(mb);
+        }
+        Ok(())
+    }
+
+    /// A message went to an agent's mailbox: mark the queue's word [`CALLED`], after
+    /// the send, and wake the agent if it waits on its queue. SeqCst on the word, with
+    /// [`Slot::park`]'s: either the agent parks after this and sees the mark, or this
+    /// sees it parked (its waker registered before) and wakes it.
+    #[inline(never)]
+    fn call(&self, mb: &Mailbox<M>) {
+        let was = self.queue.fetch_or(CALLED, Ordering::SeqCst);
+        if was & PARKED != 0 {
+            if let Some(side) = mb.side.get() {
+                side.waker.wake();
+            }
         }
     }
 
@@ -525,7 +612,7 @@ impl<M: Send + 'static> Slot<M> {
             // `to_mailbox` queues only work; anything else is a mailbox message
             other => return self.try_send(actor, other, counted),
         };
-        let side = mb.side.get_or_init(|| Box::new(Side::new()));
+        let side = mb.side.get_or_init(|| Arc::new(Side::new()));
         crate::accounting::add(&self.tx.enqueued, counted);
         // Counted before the push, so the count is never below what waits (a sender
         // uses the mailbox only at 0), and paired with the agent's `release` (it gives
@@ -541,11 +628,16 @@ impl<M: Send + 'static> Slot<M> {
             self.tx.enqueued.fetch_sub(counted, Ordering::AcqRel);
             return Err(item.into());
         }
-        if self.queue.load(Ordering::SeqCst) & BUSY == 0
-            && self.queue.fetch_or(BUSY, Ordering::SeqCst) & BUSY == 0
-        {
-            // refused only by a dead actor, whose queue goes with it (`detach`)
-            let _ = actor.send_message(NodeMsg::Drain);
+        let w = self.queue.load(Ordering::SeqCst);
+        if w & BUSY == 0 {
+            if self.queue.fetch_or(BUSY, Ordering::SeqCst) & BUSY == 0 {
+                // refused only by a dead actor, whose queue goes with it (`detach`)
+                let _ = actor.send_message(NodeMsg::Drain);
+            }
+        } else if w & PARKED != 0 {
+            // the owner waits on the queue: its waker was registered before it parked,
+            // and it parked before this count (else it would have seen the count)
+            side.waker.wake();
         }
         Ok(())
     }
@@ -560,6 +652,58 @@ impl<M: Send + 'static> Slot<M> {
         self.change_own_queue(me, |w| {
             debug_assert!(w.0 & BUSY != 0, "an agent gives up a queue it does not own");
             (w.queued() == 0).then_some(w.0 & !BUSY)
+        })
+        .is_some_and(|was| was.queued() > 0)
+    }
+
+    /// The agent of incarnation `me`, owner of its queue, waits on it for the next task
+    /// instead of going back to its message loop: a task sent now is queued (the queue
+    /// is owned) and its sender wakes the agent ([`Slot::queue_behind`]), so the task
+    /// costs a channel's push and pop, not a pass through ractor's message loop. A
+    /// message for the mailbox marks the word [`CALLED`] and wakes it too
+    /// ([`Slot::call`]).
+    ///
+    /// Registers the waker, then, in one compare-and-swap: if tasks are counted, clears
+    /// [`PARKED`] and gives [`Woke::Tasks`]; if called, clears it and gives
+    /// [`Woke::Called`]; else sets it and waits. SeqCst on the word, with the sender's
+    /// count and the caller's mark: whichever comes first, the other sees it. A
+    /// detached incarnation gives `Woke::Called` (it leaves, and changes nothing).
+    pub(crate) fn park(&self, me: u16, side: &Side<M>, cx: &mut Context<'_>) -> Poll<Woke> {
+        side.waker.register(cx.waker());
+        let mut w = self.queue.load(Ordering::SeqCst);
+        loop {
+            let word = QueueWord(w);
+            if word.incarnation() != me {
+                return Poll::Ready(Woke::Called);
+            }
+            let (new, woke) = if word.queued() > 0 {
+                (w & !PARKED, Poll::Ready(Woke::Tasks))
+            } else if w & CALLED != 0 {
+                (w & !PARKED, Poll::Ready(Woke::Called))
+            } else {
+                (w | PARKED, Poll::Pending)
+            };
+            if new == w {
+                return woke;
+            }
+            match self
+                .queue
+                .compare_exchange(w, new, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return woke,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// The agent of incarnation `me` was called away from its queue ([`Woke::Called`]):
+    /// clears the mark and gives the queue up, in one compare-and-swap, unless tasks
+    /// wait (true: it keeps the queue, and must send itself a [`NodeMsg::Drain`],
+    /// which its mailbox takes after the message it was called for).
+    pub(crate) fn leave(&self, me: u16) -> bool {
+        self.change_own_queue(me, |w| {
+            let n = w.0 & !(PARKED | CALLED);
+            Some(if w.queued() == 0 { n & !BUSY } else { n })
         })
         .is_some_and(|was| was.queued() > 0)
     }
@@ -620,14 +764,24 @@ impl<M: Send + 'static> Slot<M> {
     /// queue yet (or the agent already took it), or if `me` has been detached: the
     /// queue there now is the next incarnation's. Read under the mailbox's lock, which
     /// `detach` takes to start the next incarnation, so the check and the take agree.
-    pub(crate) fn take_side(&self, me: u16) -> Option<mpsc::Receiver<Queued<M>>> {
+    ///
+    /// `make`: make the queue if no sender has yet (for the agent to wait on it,
+    /// [`Slot::park`]).
+    pub(crate) fn take_side(&self, me: u16, make: bool) -> Option<SideEnd<M>> {
         let mb = self.read();
         if self.incarnation() != me {
             return None;
         }
-        let side = mb.side.get()?;
-        let rx = side.rx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        rx
+        let side = if make {
+            mb.side.get_or_init(|| Arc::new(Side::new()))
+        } else {
+            mb.side.get()?
+        };
+        let rx = side.rx.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        Some(SideEnd {
+            side: side.clone(),
+            rx,
+        })
     }
 
     /// [`Slot::deliver`] when the incarnation is dead or not yet attached.
@@ -1319,8 +1473,94 @@ mod layout {
 
 #[cfg(test)]
 mod queue_word {
-    use super::{Path, Role, Slot, BUSY, QUEUED_ONE};
-    use std::sync::atomic::Ordering;
+    use super::{Path, Role, Slot, Woke, BUSY, CALLED, PARKED, QUEUED_ONE};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    /// A waker that counts its wakes.
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waker() -> (Arc<Wakes>, Waker) {
+        let w = Arc::new(Wakes(AtomicUsize::new(0)));
+        (w.clone(), Waker::from(w))
+    }
+
+    /// An owner with nothing queued waits; a message for its mailbox wakes it and calls
+    /// it away, and it leaves with the queue given up and the mark cleared.
+    #[test]
+    fn a_call_wakes_a_parked_owner_and_it_leaves() {
+        let s = slot();
+        let me = s.incarnation();
+        let end = s.take_side(me, true).expect("the agent's end of its queue");
+        let (wakes, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        s.queue.fetch_or(BUSY, Ordering::SeqCst);
+        assert_eq!(s.park(me, &end.side, &mut cx), Poll::Pending);
+        assert_ne!(s.queue.load(Ordering::SeqCst) & PARKED, 0);
+        s.call(&s.read());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the call woke it");
+        assert_eq!(s.park(me, &end.side, &mut cx), Poll::Ready(Woke::Called));
+        assert!(!s.leave(me), "nothing queued: the queue is given up");
+        assert_eq!(
+            s.queue.load(Ordering::SeqCst) & (BUSY | PARKED | CALLED),
+            0,
+            "idle, not parked, the mark cleared"
+        );
+    }
+
+    /// A call that lands before the owner parks is seen when it tries: it never waits.
+    #[test]
+    fn a_call_before_the_park_is_not_missed() {
+        let s = slot();
+        let me = s.incarnation();
+        let end = s.take_side(me, true).expect("the agent's end of its queue");
+        let (wakes, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        s.queue.fetch_or(BUSY, Ordering::SeqCst);
+        s.call(&s.read());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "not parked: no wake");
+        assert_eq!(s.park(me, &end.side, &mut cx), Poll::Ready(Woke::Called));
+        assert_eq!(s.queue.load(Ordering::SeqCst) & PARKED, 0);
+    }
+
+    /// Tasks counted in the queue come before a call; leaving with tasks counted keeps
+    /// the queue (the agent then sends itself a drain).
+    #[test]
+    fn counted_tasks_come_first_and_keep_the_queue() {
+        let s = slot();
+        let me = s.incarnation();
+        let end = s.take_side(me, true).expect("the agent's end of its queue");
+        let (_, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        s.queue
+            .fetch_or(BUSY | CALLED | QUEUED_ONE, Ordering::SeqCst);
+        assert_eq!(s.park(me, &end.side, &mut cx), Poll::Ready(Woke::Tasks));
+        assert!(s.leave(me), "a task waits: the agent keeps its queue");
+        assert_eq!(s.queue.load(Ordering::SeqCst) & (BUSY | CALLED), BUSY);
+    }
+
+    /// A detached incarnation does not wait on the next one's queue.
+    #[test]
+    fn a_detached_incarnation_does_not_park() {
+        let s = slot();
+        let old = s.incarnation();
+        let end = s
+            .take_side(old, true)
+            .expect("the agent's end of its queue");
+        let _ = s.detach();
+        let (_, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        assert_eq!(s.park(old, &end.side, &mut cx), Poll::Ready(Woke::Called));
+        assert_eq!(s.queue.load(Ordering::SeqCst) & PARKED, 0);
+        assert!(!s.leave(old));
+    }
 
     fn slot() -> Slot<u64> {
         Slot::new(Path::new("team/a"), 1, 1, Role::Agent)
@@ -1353,7 +1593,7 @@ mod queue_word {
         let new = s.incarnation();
         assert_ne!(old, new);
         assert_eq!(
-            s.queue.load(Ordering::SeqCst) & super::QueueWord::OWNER_AND_COUNT,
+            s.queue.load(Ordering::SeqCst) & ((1 << super::INCARNATION_SHIFT) - 1),
             0,
             "the next incarnation starts with the queue empty and unowned"
         );
@@ -1373,11 +1613,11 @@ mod queue_word {
             "the new incarnation still has its task to take"
         );
         // the new incarnation's queue: only its own agent may take the receiving end
-        let _ = s.read().side.get_or_init(|| Box::new(super::Side::new()));
+        let _ = s.read().side.get_or_init(|| Arc::new(super::Side::new()));
         assert!(
-            s.take_side(old).is_none(),
+            s.take_side(old, false).is_none(),
             "the old actor took the new queue"
         );
-        assert!(s.take_side(new).is_some());
+        assert!(s.take_side(new, false).is_some());
     }
 }

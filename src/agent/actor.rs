@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::{Agent, AgentError, Ctx, ErrorKind, StopReason, Verdict};
 use crate::accounting::bump;
-use crate::address::{Queued, Slot};
+use crate::address::{Queued, Side, SideEnd, Slot, Woke};
 use crate::envelope::{Batch, Decision, EscalationInfo, FailureKind, Task, TaskHead};
 use crate::hierarchy::shared::Shared;
 use crate::node::{Directive, Exit, NodeMsg};
@@ -62,10 +62,11 @@ struct InHand<M> {
     payload: Option<M>,
     /// This actor's own ref, for the rare paths after a handler (a redelivery, a stop).
     myself: ActorRef<NodeMsg<M>>,
-    /// The receiving end of the queue behind this incarnation's mailbox
-    /// (`Slot::deliver`), taken from the slot at the first look and kept: it goes
-    /// with the incarnation, and so does what it holds.
-    side: Option<std::sync::mpsc::Receiver<Queued<M>>>,
+    /// The agent's end of the queue behind this incarnation's mailbox
+    /// (`Slot::deliver`), taken from the slot at the first look (or made, when the
+    /// agent first waits there) and kept: it goes with the incarnation, and so does
+    /// what it holds.
+    side: Option<SideEnd<M>>,
 }
 
 /// The box in hand (`AgentState::parked`), made at the first task (or the first look
@@ -363,15 +364,6 @@ impl<A: Agent> AgentState<A> {
                 let fut = pin!(agent.handle(&mut self.ctx, payload));
                 CatchUnwind::new(fut).await
             };
-            // The queue behind the mailbox is given up as soon as the handler is done,
-            // before the verdict answers anyone: a caller answered below and sending
-            // again at once then finds the agent idle, and its task is a mailbox
-            // message as in ractor, not queued for a drain. If tasks wait, the queue is
-            // taken back and drained at the end. (The answer is kept in the context: a
-            // flag held across the awaits below would grow every agent's future.)
-            if !self.ctx.draining && self.ctx.slot.release(self.ctx.queue_incarnation) {
-                self.ctx.drain_after = true;
-            }
             // the crash moves into the boxed redelivery before the await: held across
             // it, its 88 bytes would be in this future, and so in every agent's task
             if let Some(redeliver) = self
@@ -386,8 +378,13 @@ impl<A: Agent> AgentState<A> {
             if self.take_stop_request() {
                 Box::pin(self.exit_in_hand()).await;
             }
-            if self.ctx.drain_after {
-                self.ctx.drain_after = false;
+            // A task from the mailbox (not one taken in a drain, which goes on with the
+            // next) keeps the queue behind the mailbox, which its sender took: the agent
+            // takes what waits there, then waits there for the next task
+            // (`drain_side`), and a caller answered above and sending again at once
+            // finds its task queued, not a mailbox message. (Read from the context: a
+            // flag held across the awaits above would grow every agent's future.)
+            if !self.ctx.draining {
                 if let Some(myself) = self.myself() {
                     self.drain_side(myself).await;
                 }
@@ -396,23 +393,17 @@ impl<A: Agent> AgentState<A> {
         }
     }
 
-    /// After a task from the mailbox, handled on the spot: the agent is idle again,
-    /// unless tasks wait behind its mailbox.
+    /// After a task from the mailbox handled on the spot, or a [`NodeMsg::Drain`]: take
+    /// what waits behind the mailbox, then wait there ([`Self::drain_side`]).
     fn after_mailbox_task<F>(&mut self, myself: ActorRef<NodeMsg<A::Msg>>) -> Handling<'_, F> {
-        if self.ctx.slot.release(self.ctx.queue_incarnation) {
-            rare(self.drain_side(myself))
-        } else {
-            handled()
-        }
+        rare(self.drain_side(myself))
     }
 
     /// After a task or a batch from the mailbox (never during a drain, which takes no
-    /// mailbox message): the agent is idle again, unless tasks wait behind its mailbox
-    /// (then it takes them).
+    /// mailbox message): take what waits behind the mailbox, then wait there
+    /// ([`Self::drain_side`]).
     async fn after_task(&mut self, myself: ActorRef<NodeMsg<A::Msg>>) {
-        if self.ctx.slot.release(self.ctx.queue_incarnation) {
-            self.drain_side(myself).await;
-        }
+        self.drain_side(myself).await;
     }
 
     /// The next message queued behind the mailbox, if any. The receiver lives in the
@@ -421,28 +412,66 @@ impl<A: Agent> AgentState<A> {
     fn next_queued(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> Option<Queued<A::Msg>> {
         let b = in_hand(&mut self.parked, myself);
         if b.side.is_none() {
-            b.side = self.ctx.slot.take_side(self.ctx.queue_incarnation);
+            b.side = self.ctx.slot.take_side(self.ctx.queue_incarnation, false);
         }
-        b.side.as_ref()?.try_recv().ok()
+        b.side.as_mut()?.pop()
+    }
+
+    /// Wait on the queue behind the mailbox (`Slot::park`) until a task is queued or a
+    /// message for the mailbox calls the agent away. The queue is made if no sender
+    /// has made it yet.
+    async fn park(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> Woke {
+        let me = self.ctx.queue_incarnation;
+        let side: &Side<A::Msg> = {
+            let b = in_hand(&mut self.parked, myself);
+            if b.side.is_none() {
+                b.side = self.ctx.slot.take_side(me, true);
+            }
+            match b.side.as_ref() {
+                Some(end) => &end.side,
+                // detached: this incarnation's queue is gone
+                None => return Woke::Called,
+            }
+        };
+        let slot = &self.ctx.slot;
+        std::future::poll_fn(|cx| slot.park(me, side, cx)).await
     }
 
     /// Take the tasks queued behind the mailbox (`Slot::deliver`), in order, each
     /// exactly like a task from the mailbox, while this agent owns the queue (see
-    /// `Slot::queue`): until it is empty and given up. Boxed: a task taken here is a
-    /// first attempt, whose future may come back here (it does not, while `draining`
-    /// is set, but the types nest).
+    /// `Slot::queue`); when it is empty, wait there for the next task
+    /// (`Slot::park`), still inside ractor's handler, until a message for the mailbox
+    /// calls the agent away (then give the queue up and return to ractor's loop). An
+    /// agent that cannot take tasks on the fast path (stopping, a restart pending)
+    /// gives the queue up instead of waiting. Boxed: a task taken here is a first
+    /// attempt, whose future may come back here (it does not, while `draining` is set,
+    /// but the types nest); and it lives as long as the agent waits, so it holds only
+    /// the first attempt's future or a box (see [`Self::take_queued`]).
     fn drain_side(
         &mut self,
         myself: ActorRef<NodeMsg<A::Msg>>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let outer = std::mem::replace(&mut self.ctx.draining, true);
+            // the outermost drain waits on the queue when it is empty, rather than
+            // going back to the message loop (`Slot::park`)
+            let resident = !outer;
             let mut since_yield = 0u32;
             loop {
                 let mut took = false;
                 while let Some(msg) = self.next_queued(&myself) {
                     took = true;
-                    self.side_msg(msg, &myself).await;
+                    let fast = match self.take_queued(msg, &myself) {
+                        Ok(fast) => fast,
+                        Err(rare) => {
+                            rare.await;
+                            false
+                        }
+                    };
+                    if fast {
+                        // always Ok: the fast path gives every task its outcome itself
+                        let _ = self.first_attempt().await;
+                    }
                     since_yield += 1;
                     if since_yield == DRAIN_BEFORE_YIELD {
                         // the worker thread is shared: let other actors run; this
@@ -458,6 +487,25 @@ impl<A: Agent> AgentState<A> {
                     .slot
                     .took_queued(self.ctx.queue_incarnation, since_yield);
                 since_yield = 0;
+                if resident && self.ready() {
+                    match self.park(&myself).await {
+                        Woke::Tasks => {
+                            if !took {
+                                // counted but not yet pushed: let its sender finish
+                                tokio::task::yield_now().await;
+                            }
+                            continue;
+                        }
+                        Woke::Called => {
+                            if self.ctx.slot.leave(self.ctx.queue_incarnation) {
+                                // tasks wait: this actor keeps the queue and takes them
+                                // after the message it was called for
+                                let _ = myself.send_message(NodeMsg::Drain);
+                            }
+                            break;
+                        }
+                    }
+                }
                 if !took {
                     // counted but not yet pushed (its sender was interrupted between
                     // the two): let it finish
@@ -473,11 +521,21 @@ impl<A: Agent> AgentState<A> {
         })
     }
 
-    /// One item from the queue behind the mailbox: a task or a batch.
-    async fn side_msg(&mut self, item: Queued<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
+    /// One item from the queue behind the mailbox: a task or a batch. `Ok(true)`: a
+    /// task on the fast path, put in hand for [`Self::first_attempt`]; `Ok(false)`: it
+    /// already has its outcome; `Err`: the boxed future of a rare path (a batch, a task
+    /// while not [`Self::ready`]). Not an async fn: the drain's future, which lives as
+    /// long as the agent waits on its queue, then holds the first attempt's future or
+    /// a box, not the item and the rare paths (1,280 bytes for a small agent).
+    fn take_queued<'a>(
+        &'a mut self,
+        item: Queued<A::Msg>,
+        myself: &'a ActorRef<NodeMsg<A::Msg>>,
+    ) -> Result<bool, Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
         match item {
-            Queued::Task(task) => self.take_one(task, myself).await,
-            Queued::Batch(batch) => self.take_batch(batch, myself).await,
+            Queued::Task(task) if self.ready() => Ok(self.begin(task, myself)),
+            Queued::Task(task) => Err(Box::pin(self.take_slow(task, myself))),
+            Queued::Batch(batch) => Err(Box::pin(self.take_batch(batch, myself))),
         }
     }
 

@@ -39,9 +39,6 @@ pub struct Ctx<M> {
     /// its mailbox): a task it finishes does not declare it idle; the end of the
     /// sequence does.
     pub(crate) draining: bool,
-    /// The first attempt gave up the queue behind the mailbox as soon as its handler
-    /// was done, found tasks there and took it back: it takes them when it is done.
-    pub(crate) drain_after: bool,
     /// The slot's incarnation when this actor started (`Slot::incarnation`, counted
     /// by `detach`; not `incarnation` above, which counts restarts): the agent's
     /// operations on the queue behind its mailbox name it, so that they do nothing
@@ -77,7 +74,6 @@ impl<M: crate::Message> Ctx<M> {
             stop_requested: false,
             stopping: false,
             draining: false,
-            drain_after: false,
             queue_incarnation,
         }
     }
