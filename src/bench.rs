@@ -5,7 +5,7 @@
 //! Workloads: W1 one-way throughput (also batched with `AgentRef::send_batch`, the
 //! references batched the same way), W2 request/reply round trip, W3 spawning a
 //! hierarchy (span 10; the references spawn the same tree), its resident bytes per agent
-//! and its shutdown (in fresh processes: this executable run again with
+//! (idle, then after each agent handled one message) and its shutdown (in fresh processes: this executable run again with
 //! `bench --w3-probe`), W4 broadcast
 //! and gather, W5 a 10-stage pipeline, W6 crash-to-serving latency, W7 healthcare
 //! readings through three tiers (each reading sent alone, and each monitor's stream in
@@ -437,8 +437,16 @@ async fn w2_echelon(n: u64) -> f64 {
 
 // ---- W3: spawn --------------------------------------------------------------------
 
-/// (seconds to spawn, bytes per agent, seconds to shut down)
-async fn w3_echelon(n: usize) -> (f64, f64, f64) {
+/// One W3 measurement: seconds to spawn, resident bytes per agent idle, the same after
+/// each agent has handled one message, seconds to shut down.
+type W3 = (f64, f64, f64, f64);
+
+/// Resident bytes per agent now, of `n` agents spawned when the process had `before` kB.
+fn w3_bytes(before: u64, n: usize) -> f64 {
+    (crate::soak::rss_kb().saturating_sub(before) * 1024) as f64 / n as f64
+}
+
+async fn w3_echelon(n: usize) -> W3 {
     let before = crate::soak::rss_kb();
     let t = Instant::now();
     let Ok(h) = Hierarchy::builder("w3")
@@ -447,13 +455,20 @@ async fn w3_echelon(n: usize) -> (f64, f64, f64) {
         .spawn()
         .await
     else {
-        return (0.0, 0.0, 0.0);
+        return (0.0, 0.0, 0.0, 0.0);
     };
     let spawn = t.elapsed().as_secs_f64();
-    let bytes = (crate::soak::rss_kb().saturating_sub(before) * 1024) as f64 / n as f64;
+    let bytes = w3_bytes(before, n);
+    // one call to each agent: it then keeps its queue and waits on it
+    for i in 0..n {
+        if let Ok(a) = h.agent(&format!("a/{i}")) {
+            let _ = a.call(Bump::Done).await;
+        }
+    }
+    let used = w3_bytes(before, n);
     let t = Instant::now();
     let _ = h.shutdown(Duration::from_secs(60)).await;
-    (spawn, bytes, t.elapsed().as_secs_f64())
+    (spawn, bytes, used, t.elapsed().as_secs_f64())
 }
 
 /// The span of control of W3's hierarchy.
@@ -495,14 +510,14 @@ impl Actor for RawLead {
 
 /// Raw ractor's W3: the same tree as echelon's (a root, team leads of at most
 /// [`W3_SPAN`], the agents under them), every actor spawned linked to its lead.
-async fn w3_ractor(n: usize) -> (f64, f64, f64) {
+async fn w3_ractor(n: usize) -> W3 {
     use crate::supervisor::{split, Group};
     let before = crate::soak::rss_kb();
     let t = Instant::now();
     let tree = split(0..n, W3_SPAN);
     let mut actors = Vec::with_capacity(n + w3_supervisors(n));
     let Ok((root, h)) = Actor::spawn(None, RawLead, ()).await else {
-        return (0.0, 0.0, 0.0);
+        return (0.0, 0.0, 0.0, 0.0);
     };
     let mut todo = vec![(&tree, root.get_cell())];
     actors.push((root, h));
@@ -526,7 +541,15 @@ async fn w3_ractor(n: usize) -> (f64, f64, f64) {
         }
     }
     let spawn = t.elapsed().as_secs_f64();
-    let bytes = (crate::soak::rss_kb().saturating_sub(before) * 1024) as f64 / n as f64;
+    let bytes = w3_bytes(before, n);
+    // one round trip with each actor (the leads drop theirs unanswered)
+    for (a, _) in &actors {
+        let (tx, rx) = oneshot::channel();
+        if a.send_message(RawMsg::Done(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+    let used = w3_bytes(before, n);
     let t = Instant::now();
     for (a, _) in &actors {
         a.stop(None);
@@ -534,39 +557,52 @@ async fn w3_ractor(n: usize) -> (f64, f64, f64) {
     for (_, h) in actors {
         let _ = h.await;
     }
-    (spawn, bytes, t.elapsed().as_secs_f64())
+    (spawn, bytes, used, t.elapsed().as_secs_f64())
 }
 
 /// Raw tokio's W3: as many tasks as echelon has actors, each waiting on its channel.
-async fn w3_tokio(n: usize) -> (f64, f64, f64) {
+async fn w3_tokio(n: usize) -> W3 {
     let before = crate::soak::rss_kb();
     let t = Instant::now();
     let total = n + w3_supervisors(n);
     let mut tasks = Vec::with_capacity(total);
     for _ in 0..total {
-        let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
-        let h = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<()>>();
+        let h = tokio::spawn(async move {
+            while let Some(reply) = rx.recv().await {
+                let _ = reply.send(());
+            }
+        });
         tasks.push((tx, h));
     }
     let spawn = t.elapsed().as_secs_f64();
-    let bytes = (crate::soak::rss_kb().saturating_sub(before) * 1024) as f64 / n as f64;
+    let bytes = w3_bytes(before, n);
+    // one round trip with each task
+    for (tx, _) in &tasks {
+        let (reply, rx) = oneshot::channel();
+        if tx.send(reply).is_ok() {
+            let _ = rx.await;
+        }
+    }
+    let used = w3_bytes(before, n);
     let t = Instant::now();
     // drop every sender first (each task then ends), then wait for them all
     let handles: Vec<_> = tasks.into_iter().map(|(_, h)| h).collect();
     for h in handles {
         let _ = h.await;
     }
-    (spawn, bytes, t.elapsed().as_secs_f64())
+    (spawn, bytes, used, t.elapsed().as_secs_f64())
 }
 
 /// W3 the given way with `n` agents, in this process on a fresh 2-worker runtime:
 /// spawned and shut down once **cold** (the process's heap still has to grow: page
 /// faults included), then again **warm** (the allocator reuses what the cold run freed).
 /// Gives (cold seconds to spawn, warm seconds to spawn, resident bytes per agent of
-/// the cold run, seconds to shut down the cold run). Meant for a fresh process
+/// the cold run, seconds to shut down the cold run, resident bytes per agent of the
+/// cold run after each agent handled one message). Meant for a fresh process
 /// (`echelon bench --w3-probe WAY N`): in a process that already ran other workloads,
 /// neither the bytes nor the cold spawn mean much.
-pub fn w3_probe(way: Way, n: usize) -> Option<[f64; 4]> {
+pub fn w3_probe(way: Way, n: usize) -> Option<[f64; 5]> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -585,8 +621,8 @@ pub fn w3_probe(way: Way, n: usize) -> Option<[f64; 4]> {
     })
 }
 
-/// W3 once, the given way: (seconds to spawn, bytes per agent, seconds to shut down).
-async fn w3_once(way: Way, n: usize) -> (f64, f64, f64) {
+/// W3 once, the given way.
+async fn w3_once(way: Way, n: usize) -> W3 {
     match way {
         Way::Tokio => w3_tokio(n).await,
         Way::Ractor => w3_ractor(n).await,
@@ -595,16 +631,16 @@ async fn w3_once(way: Way, n: usize) -> (f64, f64, f64) {
 }
 
 /// W3 cold, then warm: [cold spawn s, warm spawn s, bytes per agent (cold), shutdown s
-/// (cold)].
-async fn w3_cold_warm(way: Way, n: usize) -> [f64; 4] {
-    let (cold, bytes, shutdown) = w3_once(way, n).await;
-    let (warm, _, _) = w3_once(way, n).await;
-    [cold, warm, bytes, shutdown]
+/// (cold), bytes per agent after one message each (cold)].
+async fn w3_cold_warm(way: Way, n: usize) -> [f64; 5] {
+    let (cold, bytes, used, shutdown) = w3_once(way, n).await;
+    let (warm, _, _, _) = w3_once(way, n).await;
+    [cold, warm, bytes, shutdown, used]
 }
 
 /// W3 in `reps` fresh processes ([`w3_probe`] in this executable run again), one
 /// measurement each.
-fn fresh_w3(way: Way, n: usize, reps: usize) -> Vec<[f64; 4]> {
+fn fresh_w3(way: Way, n: usize, reps: usize) -> Vec<[f64; 5]> {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -641,8 +677,8 @@ fn fresh_w3(way: Way, n: usize, reps: usize) -> Vec<[f64; 4]> {
             .split_whitespace()
             .filter_map(|x| x.parse().ok())
             .collect();
-        if let [cold, warm, bytes, shutdown] = xs[..] {
-            v.push([cold, warm, bytes, shutdown]);
+        if let [cold, warm, bytes, shutdown, used] = xs[..] {
+            v.push([cold, warm, bytes, shutdown, used]);
         }
     }
     v
@@ -1254,18 +1290,19 @@ async fn w1_w2_w3_rows(cfg: &BenchConfig) -> Vec<Row> {
         let tt = run(Way::Tokio).await;
         let rt = run(Way::Ractor).await;
         let et = run(Way::Echelon).await;
-        let pick = |v: &[[f64; 4]], k: usize| stats(v.iter().map(|x| x[k]).collect());
-        let us = |v: &[[f64; 4]], k: usize| pick(v, k).map(|(a, b, c)| per(a, b, c, cfg.agents));
+        let pick = |v: &[[f64; 5]], k: usize| stats(v.iter().map(|x| x[k]).collect());
+        let us = |v: &[[f64; 5]], k: usize| pick(v, k).map(|(a, b, c)| per(a, b, c, cfg.agents));
         let fresh = if cfg.fresh_w3 { ", fresh process" } else { "" };
         let n = cfg.agents;
         let w3 = [
             (format!("W3 spawn {n} agents, cold{fresh}"), "µs/agent", 0),
             (format!("W3 spawn {n} agents, warm"), "µs/agent", 1),
             (format!("W3 resident bytes per agent{fresh}"), "bytes", 2),
+            ("W3 same, after one message each".to_string(), "bytes", 4),
             (format!("W3 shut down {n} agents"), "s", 3),
         ];
         for (name, unit, k) in w3 {
-            let f = |v: &[[f64; 4]]| if k < 2 { us(v, k) } else { pick(v, k) };
+            let f = |v: &[[f64; 5]]| if k < 2 { us(v, k) } else { pick(v, k) };
             rows.push(row(&name, unit, false, f(&tt), f(&rt), f(&et)));
         }
     }

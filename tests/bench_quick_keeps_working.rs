@@ -39,7 +39,7 @@ fn bench_quick_prints_every_workload_and_writes_json() {
             }
         }
     }
-    for w3 in ["cold", "warm", "bytes", "shut down"] {
+    for w3 in ["cold", "warm", "bytes", "after one message", "shut down"] {
         assert!(
             rows.iter().any(|r| r["name"]
                 .as_str()
