@@ -59,8 +59,8 @@ pub(crate) struct Slot<M> {
     ///   queue up and goes back to ractor's loop ([`Slot::leave`]);
     /// - **the incarnation** (bits 48 to 63, [`Slot::incarnation`]): `detach` starts the
     ///   next one with the queue empty and unowned, and the agent's own operations
-    ///   ([`Slot::release`], [`Slot::took_queued`]) apply only to its own incarnation's
-    ///   word, so an actor detached while still running (a kill outlived by a handler
+    ///   ([`Slot::release`], [`Slot::took_queued`], [`Slot::park`], [`Slot::leave`])
+    ///   apply only to its own incarnation's word, so an actor detached while still running (a kill outlived by a handler
     ///   that blocks its thread) can neither give up nor count down the next one's
     ///   queue.
     queue: AtomicU64,
@@ -112,7 +112,8 @@ impl<M> Default for Extras<M> {
 struct Mailbox<M> {
     actor: Option<ActorRef<NodeMsg<M>>>,
     /// The incarnation's queue behind its mailbox, made by the first sender that finds
-    /// the agent busy; it goes with the incarnation (taken by `detach`).
+    /// the agent busy, or by the agent when it first waits on it; it goes with the
+    /// incarnation (taken by `detach`).
     side: OnceLock<Arc<Side<M>>>,
     /// The close reason and the messages waiting for the next incarnation; `None`
     /// while the slot is open with nothing pending, as it is nearly always.
@@ -135,7 +136,8 @@ pub(crate) struct Side<M> {
     /// what was queued goes with it, as a dead actor's mailbox does.
     rx: Mutex<Option<mpsc::Receiver<Queued<M>>>>,
     /// The agent's task while it waits here (see [`Slot::park`]): woken by a sender
-    /// that queues a task, or by a message for its mailbox ([`Slot::deliver`]).
+    /// that queues a task ([`Slot::queue_behind`]), or by a message for its mailbox
+    /// ([`Slot::call`]).
     waker: AtomicWaker,
 }
 
@@ -209,8 +211,8 @@ const COUNT: u64 = ((1 << 46) - 1) & !BUSY;
 /// The owner waits on the queue ([`Slot::park`]): a sender who queues wakes it. Set
 /// only with [`BUSY`].
 const PARKED: u64 = 1 << 46;
-/// A message went to the mailbox ([`Slot::deliver`]): an owner waiting on the queue
-/// leaves it for its message loop ([`Slot::leave`]).
+/// A message went to the agent's mailbox ([`Slot::call`]): an owner waiting on the
+/// queue leaves it for its message loop ([`Slot::leave`]).
 const CALLED: u64 = 1 << 47;
 /// Where the incarnation starts in [`Slot::queue`].
 const INCARNATION_SHIFT: u32 = 48;
@@ -518,8 +520,9 @@ impl<M: Send + 'static> Slot<M> {
 
     /// Send to the live incarnation `actor`: to the mailbox, or for a busy agent into
     /// the queue behind it ([`Slot::to_mailbox`]; every task or batch an agent finds in
-    /// its mailbox was sent by the owner of its queue, whose handling gives the queue
-    /// up). On refusal (dead actor) the message comes back.
+    /// its mailbox was sent by the sender that made it the queue's owner: the agent
+    /// handles it, takes what waits in the queue, then waits there until a message for
+    /// its mailbox calls it away). On refusal (dead actor) the message comes back.
     #[inline(always)]
     fn send_to(
         &self,
@@ -609,17 +612,20 @@ impl<M: Send + 'static> Slot<M> {
         let item = match msg {
             NodeMsg::Task(t) => Queued::Task(t),
             NodeMsg::Batch(b) => Queued::Batch(b),
-            // `to_mailbox` queues only work; anything else is a mailbox message
-            other => return self.try_send(actor, other, counted),
+            // `to_mailbox` queues only work; anything else is a mailbox message, and
+            // calls the agent away from its queue as any mailbox message does
+            other => return self.try_send_called(mb, actor, other, counted),
         };
         let side = mb.side.get_or_init(|| Arc::new(Side::new()));
         crate::accounting::add(&self.tx.enqueued, counted);
         // Counted before the push, so the count is never below what waits (a sender
-        // uses the mailbox only at 0), and paired with the agent's `release` (it gives
-        // the queue up only if the count is 0, in one compare-and-swap), all SeqCst on
-        // one word: either the agent sees this count and keeps the queue (and waits for
-        // the push if it has not landed), or this sees the queue unowned after the
-        // push and gives it an owner: a `Drain` for the agent. (The write lock held by
+        // uses the mailbox only at 0), and paired with the agent's `release` and
+        // `leave` (each gives the queue up only if the count is 0, in one
+        // compare-and-swap) and `park` (it waits only if the count is 0), all SeqCst on
+        // one word: either the agent sees this count and keeps the queue or stays
+        // awake (and waits for the push if it has not landed), or this sees, after the
+        // push, the queue unowned and gives it an owner (a `Drain` for the agent), or
+        // its owner waiting and wakes it. (The write lock held by
         // `detach` excludes this, so the incarnation cannot change in between.)
         self.queue.fetch_add(QUEUED_ONE, Ordering::SeqCst);
         if let Err(mpsc::SendError(item)) = side.tx.send(item) {
@@ -676,6 +682,7 @@ impl<M: Send + 'static> Slot<M> {
             if word.incarnation() != me {
                 return Poll::Ready(Woke::Called);
             }
+            debug_assert!(w & BUSY != 0, "an agent waits on a queue it does not own");
             let (new, woke) = if word.queued() > 0 {
                 (w & !PARKED, Poll::Ready(Woke::Tasks))
             } else if w & CALLED != 0 {

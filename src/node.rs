@@ -40,7 +40,9 @@ pub(crate) enum NodeMsg<M> {
     /// Stop: no new work; fail what is queued if the hierarchy is aborting, then exit.
     Stop { reason: Arc<str> },
     /// Agents only: tasks wait in the agent's queue behind its mailbox
-    /// (`Slot::deliver`), and nobody is taking them: take them now, in order.
+    /// (`Slot::queue_behind`), and nobody is taking them: take them now, in order.
+    /// Sent by a sender that queued a task and found the agent idle, or by the agent
+    /// itself when a message for its mailbox called it away from waiting tasks.
     Drain,
 }
 

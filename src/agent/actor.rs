@@ -54,7 +54,7 @@ fn rare<'a, F>(fut: impl Future<Output = ()> + Send + 'a) -> Handling<'a, F> {
 type Current<M> = (TaskHead<M>, Option<M>);
 
 /// What the fast path keeps out of its future, in a box made at the agent's first task
-/// and reused ([`AgentState::parked`]).
+/// and reused ([`AgentState::hand`]).
 struct InHand<M> {
     /// The task whose handler runs.
     current: Option<Current<M>>,
@@ -63,20 +63,20 @@ struct InHand<M> {
     /// This actor's own ref, for the rare paths after a handler (a redelivery, a stop).
     myself: ActorRef<NodeMsg<M>>,
     /// The agent's end of the queue behind this incarnation's mailbox
-    /// (`Slot::deliver`), taken from the slot at the first look (or made, when the
+    /// (`Slot::queue_behind`), taken from the slot at the first look (or made, when the
     /// agent first waits there) and kept: it goes with the incarnation, and so does
     /// what it holds.
     side: Option<SideEnd<M>>,
 }
 
-/// The box in hand (`AgentState::parked`), made at the first task (or the first look
+/// The box in hand (`AgentState::hand`), made at the first task (or the first look
 /// at the queue behind the mailbox) and reused for the actor's whole life.
 #[inline(always)]
 fn in_hand<'a, M>(
-    parked: &'a mut Option<Box<InHand<M>>>,
+    hand: &'a mut Option<Box<InHand<M>>>,
     myself: &ActorRef<NodeMsg<M>>,
 ) -> &'a mut InHand<M> {
-    parked.get_or_insert_with(|| {
+    hand.get_or_insert_with(|| {
         Box::new(InHand {
             current: None,
             payload: None,
@@ -115,7 +115,7 @@ pub(crate) struct AgentArgs<M> {
 /// of 128 bytes: with a small agent and message this state fits the task in 768 bytes,
 /// as raw ractor's does, instead of 896. What an idle agent does not need is elsewhere:
 /// the tier's name is read from the path, the stop reason is the slot's close reason,
-/// and the parked task is boxed once, at the first task.
+/// and the task in hand is boxed once, at the first task.
 pub(crate) struct AgentState<A: Agent> {
     agent: Option<A>,
     factory: Factory<A>,
@@ -128,7 +128,7 @@ pub(crate) struct AgentState<A: Agent> {
     child_index: u32,
     /// The fast path's task while its handler runs, in a box made at the first task
     /// and reused: kept out of the per-message future, and out of an idle agent.
-    parked: Option<Box<InHand<A::Msg>>>,
+    hand: Option<Box<InHand<A::Msg>>>,
 }
 
 impl<A: Agent> Actor for AgentActor<A> {
@@ -151,7 +151,7 @@ impl<A: Agent> Actor for AgentActor<A> {
             child_index: u32::try_from(args.child_index).unwrap_or(u32::MAX),
             escalate_to: args.escalate_to,
             epoch,
-            parked: None,
+            hand: None,
         };
         // boxed: the start future stays in the actor's task for its whole life
         Box::pin(state.incarnate())
@@ -168,7 +168,7 @@ impl<A: Agent> Actor for AgentActor<A> {
     ) -> impl Future<Output = Result<(), ActorProcessingErr>> + Send {
         // Decided before the future is built, so that the fast path's future holds the
         // state's address and the user's handler future, and not the message, the
-        // task's head or `myself` (all parked in the state's box): ractor keeps this
+        // task's head or `myself` (all kept in the state's box): ractor keeps this
         // future's space in the actor's task for the actor's whole life. Everything else
         // is `AgentState::other_message`, out of line, so that this stays small enough
         // for ractor's loop to inline.
@@ -208,7 +208,8 @@ impl<A: Agent> AgentState<A> {
                 state.take_batch(batch, &myself).await;
                 state.after_task(myself).await;
             }),
-            // a sender queued a task and found this agent idle: look
+            // a sender queued a task and found this agent idle, or this agent was
+            // called away from waiting tasks by a mailbox message (`Slot::leave`): look
             NodeMsg::Drain => state.after_mailbox_task(myself),
             NodeMsg::Escalation(task) => {
                 let reason = format!(
@@ -259,8 +260,8 @@ impl<A: Agent> AgentState<A> {
 
     /// The tasks of a batch, one at a time, each exactly like a task sent alone.
     async fn take_batch(&mut self, batch: Batch<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) {
-        // the agent is idle only after the whole batch: a task queued behind the
-        // mailbox meanwhile comes after it
+        // no nested drain or wait on the queue inside the batch: a task queued behind
+        // the mailbox meanwhile comes after the whole batch
         let outer = std::mem::replace(&mut self.ctx.draining, true);
         for task in batch {
             self.take_one(task, myself).await;
@@ -304,7 +305,7 @@ impl<A: Agent> AgentState<A> {
 
     /// The fast path's first attempt, before the handler: the context set to the task,
     /// and its head, its payload and a copy of the payload for a redelivery (only when
-    /// one may happen) put in [`Self::parked`]. False if the task already has its
+    /// one may happen) put in [`Self::hand`]. False if the task already has its
     /// outcome (its `Clone` panicked): it is then failed and settled here.
     #[inline(always)]
     fn begin(&mut self, task: Task<A::Msg>, myself: &ActorRef<NodeMsg<A::Msg>>) -> bool {
@@ -329,7 +330,7 @@ impl<A: Agent> AgentState<A> {
         self.ctx.attempt = 1;
         // ctx.meta is None between tasks: swapping moves without a drop
         std::mem::swap(&mut self.ctx.meta, &mut head.meta);
-        let b = in_hand(&mut self.parked, myself);
+        let b = in_hand(&mut self.hand, myself);
         b.current = Some((head, spare));
         b.payload = Some(payload);
         true
@@ -350,7 +351,7 @@ impl<A: Agent> AgentState<A> {
         // across the await): each keeps 8 to 24 bytes out of the future
         async move {
             let result = 'run: {
-                let Some(payload) = self.parked.as_mut().and_then(|b| b.payload.take()) else {
+                let Some(payload) = self.hand.as_mut().and_then(|b| b.payload.take()) else {
                     // `begin` always leaves the payload here
                     break 'run Ok(Err(AgentError::crash(
                         "echelon bug: the task's payload was not in hand",
@@ -410,7 +411,7 @@ impl<A: Agent> AgentState<A> {
     /// box in hand (made here if no task has made it yet); it is taken from the slot at
     /// the first look.
     fn next_queued(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> Option<Queued<A::Msg>> {
-        let b = in_hand(&mut self.parked, myself);
+        let b = in_hand(&mut self.hand, myself);
         if b.side.is_none() {
             b.side = self.ctx.slot.take_side(self.ctx.queue_incarnation, false);
         }
@@ -419,25 +420,33 @@ impl<A: Agent> AgentState<A> {
 
     /// Wait on the queue behind the mailbox (`Slot::park`) until a task is queued or a
     /// message for the mailbox calls the agent away. The queue is made if no sender
-    /// has made it yet.
-    async fn park(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> Woke {
+    /// has made it yet. Also says whether the agent really waited (gave its worker
+    /// thread up), rather than finding tasks or a call at once.
+    async fn park(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> (Woke, bool) {
         let me = self.ctx.queue_incarnation;
         let side: &Side<A::Msg> = {
-            let b = in_hand(&mut self.parked, myself);
+            let b = in_hand(&mut self.hand, myself);
             if b.side.is_none() {
                 b.side = self.ctx.slot.take_side(me, true);
             }
             match b.side.as_ref() {
                 Some(end) => &end.side,
                 // detached: this incarnation's queue is gone
-                None => return Woke::Called,
+                None => return (Woke::Called, false),
             }
         };
         let slot = &self.ctx.slot;
-        std::future::poll_fn(|cx| slot.park(me, side, cx)).await
+        let mut waited = false;
+        let woke = std::future::poll_fn(|cx| {
+            let poll = slot.park(me, side, cx);
+            waited |= poll.is_pending();
+            poll
+        })
+        .await;
+        (woke, waited)
     }
 
-    /// Take the tasks queued behind the mailbox (`Slot::deliver`), in order, each
+    /// Take the tasks queued behind the mailbox (`Slot::queue_behind`), in order, each
     /// exactly like a task from the mailbox, while this agent owns the queue (see
     /// `Slot::queue`); when it is empty, wait there for the next task
     /// (`Slot::park`), still inside ractor's handler, until a message for the mailbox
@@ -456,7 +465,10 @@ impl<A: Agent> AgentState<A> {
             // the outermost drain waits on the queue when it is empty, rather than
             // going back to the message loop (`Slot::park`)
             let resident = !outer;
-            let mut since_yield = 0u32;
+            let me = self.ctx.queue_incarnation;
+            // tasks taken since the worker thread was last given up (by a yield or a
+            // real wait), and tasks taken but not yet counted off the queue's word
+            let (mut since_yield, mut uncounted) = (0u32, 0u32);
             loop {
                 let mut took = false;
                 while let Some(msg) = self.next_queued(&myself) {
@@ -473,33 +485,38 @@ impl<A: Agent> AgentState<A> {
                         let _ = self.first_attempt().await;
                     }
                     since_yield += 1;
-                    if since_yield == DRAIN_BEFORE_YIELD {
+                    uncounted += 1;
+                    if since_yield >= DRAIN_BEFORE_YIELD {
                         // the worker thread is shared: let other actors run; this
                         // actor's next mailbox message still waits for the drain
-                        self.ctx
-                            .slot
-                            .took_queued(self.ctx.queue_incarnation, since_yield);
-                        since_yield = 0;
+                        self.ctx.slot.took_queued(me, uncounted);
+                        (since_yield, uncounted) = (0, 0);
                         tokio::task::yield_now().await;
                     }
                 }
-                self.ctx
-                    .slot
-                    .took_queued(self.ctx.queue_incarnation, since_yield);
-                since_yield = 0;
+                self.ctx.slot.took_queued(me, uncounted);
+                uncounted = 0;
                 if resident && self.ready() {
-                    match self.park(&myself).await {
+                    let (woke, waited) = self.park(&myself).await;
+                    if waited {
+                        since_yield = 0;
+                    }
+                    match woke {
                         Woke::Tasks => {
-                            if !took {
+                            if !waited && !took {
                                 // counted but not yet pushed: let its sender finish
                                 tokio::task::yield_now().await;
+                                since_yield = 0;
                             }
+                            // (a steady stream, found at once, still yields every
+                            // DRAIN_BEFORE_YIELD tasks above)
                             continue;
                         }
                         Woke::Called => {
-                            if self.ctx.slot.leave(self.ctx.queue_incarnation) {
+                            if self.ctx.slot.leave(me) {
                                 // tasks wait: this actor keeps the queue and takes them
-                                // after the message it was called for
+                                // after the message it was called for (a `Drain` it
+                                // sends itself)
                                 let _ = myself.send_message(NodeMsg::Drain);
                             }
                             break;
@@ -510,10 +527,11 @@ impl<A: Agent> AgentState<A> {
                     // counted but not yet pushed (its sender was interrupted between
                     // the two): let it finish
                     tokio::task::yield_now().await;
+                    since_yield = 0;
                 }
                 // empty: give the queue up, unless a sender got a task in before it
                 // saw that (it then relies on this look)
-                if !self.ctx.slot.release(self.ctx.queue_incarnation) {
+                if !self.ctx.slot.release(me) {
                     break;
                 }
             }
@@ -541,7 +559,7 @@ impl<A: Agent> AgentState<A> {
 
     /// This actor's own ref, kept in hand since its first task.
     fn myself(&self) -> Option<ActorRef<NodeMsg<A::Msg>>> {
-        self.parked.as_ref().map(|b| b.myself.clone())
+        self.hand.as_ref().map(|b| b.myself.clone())
     }
 
     /// [`Self::redeliver`] from the fast path, with the ref kept in hand.
@@ -574,7 +592,7 @@ impl<A: Agent> AgentState<A> {
         &mut self,
         result: Result<Result<Verdict<A::Msg>, AgentError>, String>,
     ) -> Option<(Current<A::Msg>, String)> {
-        let Some((mut head, spare)) = self.parked.as_mut().and_then(|b| b.current.take()) else {
+        let Some((mut head, spare)) = self.hand.as_mut().and_then(|b| b.current.take()) else {
             // `begin` always leaves the task here before the handler runs
             tracing::error!(node = %self.ctx.path(), "echelon bug: a handler finished with no task in hand");
             return None;

@@ -36,8 +36,8 @@ pub struct Ctx<M> {
     /// here, where it costs no space, rather than in the actor's state.
     pub(crate) stopping: bool,
     /// The agent is taking a sequence of tasks (a batch, or the tasks queued behind
-    /// its mailbox): a task it finishes does not declare it idle; the end of the
-    /// sequence does.
+    /// its mailbox): a task it finishes does not start a drain of the queue (nor a
+    /// wait on it) of its own; the sequence's end, or the outermost drain, does.
     pub(crate) draining: bool,
     /// The slot's incarnation when this actor started (`Slot::incarnation`, counted
     /// by `detach`; not `incarnation` above, which counts restarts): the agent's
