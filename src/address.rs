@@ -42,8 +42,9 @@ pub(crate) struct Slot<M> {
     mailbox: RwLock<Mailbox<M>>,
     /// Agents only: the queue behind the mailbox ([`Side`]) in one word, written with
     /// SeqCst operations only (see [`QueueWord`]):
-    /// - **who owns it** (bit 0, `BUSY`): the agent is working, or a task or a
-    ///   [`NodeMsg::Drain`] is on its way to it, so a new task waits in the queue
+    /// - **who owns it** (bit 0, `BUSY`): the agent is working or waits on the queue
+    ///   ([`PARKED`]), or a task or a [`NodeMsg::Drain`] is on its way to it, so a new
+    ///   task waits in the queue
     ///   instead of being a mailbox message of its own. Whoever sets it owns the queue:
     ///   the agent takes from the queue only while it owns it, and a sender who sets it
     ///   sends a mailbox message, whose handling does;
@@ -60,9 +61,9 @@ pub(crate) struct Slot<M> {
     /// - **the incarnation** (bits 48 to 63, [`Slot::incarnation`]): `detach` starts the
     ///   next one with the queue empty and unowned, and the agent's own operations
     ///   ([`Slot::release`], [`Slot::took_queued`], [`Slot::park`], [`Slot::leave`])
-    ///   apply only to its own incarnation's word, so an actor detached while still running (a kill outlived by a handler
-    ///   that blocks its thread) can neither give up nor count down the next one's
-    ///   queue.
+    ///   apply only to its own incarnation's word, so an actor detached while still
+    ///   running (a kill outlived by a handler that blocks its thread) can neither give
+    ///   up nor count down the next one's queue.
     queue: AtomicU64,
     pub(crate) tx: SenderSide,
     pub(crate) role: Role,
@@ -612,9 +613,12 @@ impl<M: Send + 'static> Slot<M> {
         let item = match msg {
             NodeMsg::Task(t) => Queued::Task(t),
             NodeMsg::Batch(b) => Queued::Batch(b),
-            // `to_mailbox` queues only work; anything else is a mailbox message, and
-            // calls the agent away from its queue as any mailbox message does
-            other => return self.try_send_called(mb, actor, other, counted),
+            // `to_mailbox` queues only work, so this is not reached; were it, the
+            // message goes to the mailbox and calls the agent as any other does
+            other => {
+                debug_assert!(false, "queue_behind given a mailbox message");
+                return self.try_send_called(mb, actor, other, counted);
+            }
         };
         let side = mb.side.get_or_init(|| Arc::new(Side::new()));
         crate::accounting::add(&self.tx.enqueued, counted);
@@ -716,8 +720,9 @@ impl<M: Send + 'static> Slot<M> {
     }
 
     /// The agent of incarnation `me` took `n` tasks off the queue behind its mailbox.
-    /// Counted after the pops, in one go before the agent yields or gives the queue up:
-    /// until then the count is above what waits, which only sends more senders to the
+    /// Counted after the pops, in one go before the agent yields, waits on the queue
+    /// (which [`Slot::park`] needs: a count above what waits would wake it at once) or
+    /// gives the queue up: until then the count is above what waits, which only sends more senders to the
     /// queue. Does nothing for a detached incarnation.
     #[inline]
     pub(crate) fn took_queued(&self, me: u16, n: u32) {

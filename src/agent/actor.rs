@@ -29,8 +29,9 @@ use crate::panic::{catch, CatchUnwind};
 /// instead of a `memcpy` call.
 type Handling<'a, F> = Either<F, Either<Rare<'a>, Ready<Result<(), ActorProcessingErr>>>>;
 
-/// Tasks taken from the queue behind the mailbox between two yields of the worker
-/// thread (tokio's own budget per task poll is 128).
+/// Tasks an agent takes from the queue behind its mailbox without giving its worker
+/// thread up (by a yield or a real wait on the empty queue) before it yields (tokio's
+/// own budget per task poll is 128).
 const DRAIN_BEFORE_YIELD: u32 = 128;
 
 /// The future of a rare path in [`AgentActor::handle`], sized by that path.
