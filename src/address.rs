@@ -44,10 +44,10 @@ pub(crate) struct Slot<M> {
     /// SeqCst operations only (see [`QueueWord`]):
     /// - **who owns it** (bit 0, `BUSY`): the agent is working or waits on the queue
     ///   ([`PARKED`]), or a task or a [`NodeMsg::Drain`] is on its way to it, so a new
-    ///   task waits in the queue
-    ///   instead of being a mailbox message of its own. Whoever sets it owns the queue:
-    ///   the agent takes from the queue only while it owns it, and a sender who sets it
-    ///   sends a mailbox message, whose handling does;
+    ///   task waits in the queue instead of being a mailbox message of its own.
+    ///   Whoever sets it owns the queue: the agent takes from the queue only while it
+    ///   owns it, and a sender who sets it sends a mailbox message, whose handling
+    ///   does;
     /// - **how many tasks wait there or are being pushed** (bits 1 to 45): counted by a
     ///   sender before its push and by the agent after its pops (in one go, see
     ///   [`Slot::took_queued`]), so never below what waits. A sender sends to the
@@ -629,8 +629,8 @@ impl<M: Send + 'static> Slot<M> {
         // one word: either the agent sees this count and keeps the queue or stays
         // awake (and waits for the push if it has not landed), or this sees, after the
         // push, the queue unowned and gives it an owner (a `Drain` for the agent), or
-        // its owner waiting and wakes it. (The write lock held by
-        // `detach` excludes this, so the incarnation cannot change in between.)
+        // its owner waiting and wakes it. (The write lock held by `detach` excludes
+        // this, so the incarnation cannot change in between.)
         self.queue.fetch_add(QUEUED_ONE, Ordering::SeqCst);
         if let Err(mpsc::SendError(item)) = side.tx.send(item) {
             // the receiver went with a dead actor
@@ -673,37 +673,29 @@ impl<M: Send + 'static> Slot<M> {
     /// message for the mailbox marks the word [`CALLED`] and wakes it too
     /// ([`Slot::call`]).
     ///
-    /// Registers the waker, then, in one compare-and-swap: if tasks are counted, clears
+    /// Registers the waker, then, in one compare-and-swap ([`Slot::change_own_queue`]):
+    /// if tasks are counted, clears
     /// [`PARKED`] and gives [`Woke::Tasks`]; if called, clears it and gives
     /// [`Woke::Called`]; else sets it and waits. SeqCst on the word, with the sender's
     /// count and the caller's mark: whichever comes first, the other sees it. A
     /// detached incarnation gives `Woke::Called` (it leaves, and changes nothing).
     pub(crate) fn park(&self, me: u16, side: &Side<M>, cx: &mut Context<'_>) -> Poll<Woke> {
         side.waker.register(cx.waker());
-        let mut w = self.queue.load(Ordering::SeqCst);
-        loop {
-            let word = QueueWord(w);
-            if word.incarnation() != me {
-                return Poll::Ready(Woke::Called);
-            }
-            debug_assert!(w & BUSY != 0, "an agent waits on a queue it does not own");
-            let (new, woke) = if word.queued() > 0 {
-                (w & !PARKED, Poll::Ready(Woke::Tasks))
-            } else if w & CALLED != 0 {
-                (w & !PARKED, Poll::Ready(Woke::Called))
+        let was = self.change_own_queue(me, |w| {
+            debug_assert!(w.0 & BUSY != 0, "an agent waits on a queue it does not own");
+            let new = if w.queued() > 0 || w.0 & CALLED != 0 {
+                w.0 & !PARKED
             } else {
-                (w | PARKED, Poll::Pending)
+                w.0 | PARKED
             };
-            if new == w {
-                return woke;
-            }
-            match self
-                .queue
-                .compare_exchange(w, new, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return woke,
-                Err(now) => w = now,
-            }
+            (new != w.0).then_some(new)
+        });
+        // decided on the word the change was made to
+        match was {
+            None => Poll::Ready(Woke::Called),
+            Some(w) if w.queued() > 0 => Poll::Ready(Woke::Tasks),
+            Some(w) if w.0 & CALLED != 0 => Poll::Ready(Woke::Called),
+            Some(_) => Poll::Pending,
         }
     }
 
@@ -722,8 +714,8 @@ impl<M: Send + 'static> Slot<M> {
     /// The agent of incarnation `me` took `n` tasks off the queue behind its mailbox.
     /// Counted after the pops, in one go before the agent yields, waits on the queue
     /// (which [`Slot::park`] needs: a count above what waits would wake it at once) or
-    /// gives the queue up: until then the count is above what waits, which only sends more senders to the
-    /// queue. Does nothing for a detached incarnation.
+    /// gives the queue up: until then the count is above what waits, which only sends
+    /// more senders to the queue. Does nothing for a detached incarnation.
     #[inline]
     pub(crate) fn took_queued(&self, me: u16, n: u32) {
         if n > 0 {
@@ -1485,7 +1477,7 @@ mod layout {
 
 #[cfg(test)]
 mod queue_word {
-    use super::{Path, Role, Slot, Woke, BUSY, CALLED, PARKED, QUEUED_ONE};
+    use super::{Path, Role, SideEnd, Slot, Woke, BUSY, CALLED, PARKED, QUEUED_ONE};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::task::{Context, Poll, Wake, Waker};
@@ -1504,13 +1496,20 @@ mod queue_word {
         (w.clone(), Waker::from(w))
     }
 
+    /// An agent's slot, its incarnation and its end of the queue (made, as the agent
+    /// makes it to wait on it).
+    fn with_queue() -> (Slot<u64>, u16, SideEnd<u64>) {
+        let s = slot();
+        let me = s.incarnation();
+        let end = s.take_side(me, true).expect("the agent's end of its queue");
+        (s, me, end)
+    }
+
     /// An owner with nothing queued waits; a message for its mailbox wakes it and calls
     /// it away, and it leaves with the queue given up and the mark cleared.
     #[test]
     fn a_call_wakes_a_parked_owner_and_it_leaves() {
-        let s = slot();
-        let me = s.incarnation();
-        let end = s.take_side(me, true).expect("the agent's end of its queue");
+        let (s, me, end) = with_queue();
         let (wakes, w) = waker();
         let mut cx = Context::from_waker(&w);
         s.queue.fetch_or(BUSY, Ordering::SeqCst);
@@ -1530,9 +1529,7 @@ mod queue_word {
     /// A call that lands before the owner parks is seen when it tries: it never waits.
     #[test]
     fn a_call_before_the_park_is_not_missed() {
-        let s = slot();
-        let me = s.incarnation();
-        let end = s.take_side(me, true).expect("the agent's end of its queue");
+        let (s, me, end) = with_queue();
         let (wakes, w) = waker();
         let mut cx = Context::from_waker(&w);
         s.queue.fetch_or(BUSY, Ordering::SeqCst);
@@ -1546,9 +1543,7 @@ mod queue_word {
     /// the queue (the agent then sends itself a drain).
     #[test]
     fn counted_tasks_come_first_and_keep_the_queue() {
-        let s = slot();
-        let me = s.incarnation();
-        let end = s.take_side(me, true).expect("the agent's end of its queue");
+        let (s, me, end) = with_queue();
         let (_, w) = waker();
         let mut cx = Context::from_waker(&w);
         s.queue
@@ -1561,11 +1556,7 @@ mod queue_word {
     /// A detached incarnation does not wait on the next one's queue.
     #[test]
     fn a_detached_incarnation_does_not_park() {
-        let s = slot();
-        let old = s.incarnation();
-        let end = s
-            .take_side(old, true)
-            .expect("the agent's end of its queue");
+        let (s, old, end) = with_queue();
         let _ = s.detach();
         let (_, w) = waker();
         let mut cx = Context::from_waker(&w);

@@ -5,8 +5,8 @@
 //! Workloads: W1 one-way throughput (also batched with `AgentRef::send_batch`, the
 //! references batched the same way), W2 request/reply round trip, W3 spawning a
 //! hierarchy (span 10; the references spawn the same tree), its resident bytes per agent
-//! (idle, then after each agent handled one message) and its shutdown (in fresh processes: this executable run again with
-//! `bench --w3-probe`), W4 broadcast
+//! (idle, then after each agent handled one message) and its shutdown (in fresh
+//! processes: this executable run again with `bench --w3-probe`), W4 broadcast
 //! and gather, W5 a 10-stage pipeline, W6 crash-to-serving latency, W7 healthcare
 //! readings through three tiers (each reading sent alone, and each monitor's stream in
 //! batches).
@@ -598,8 +598,8 @@ async fn w3_tokio(n: usize) -> W3 {
 /// spawned and shut down once **cold** (the process's heap still has to grow: page
 /// faults included), then again **warm** (the allocator reuses what the cold run freed).
 /// Gives (cold seconds to spawn, warm seconds to spawn, resident bytes per agent of
-/// the cold run, seconds to shut down the cold run, resident bytes per agent of the
-/// cold run after each agent handled one message). Meant for a fresh process
+/// the cold run, the same after each agent handled one message, seconds to shut down
+/// the cold run). Meant for a fresh process
 /// (`echelon bench --w3-probe WAY N`): in a process that already ran other workloads,
 /// neither the bytes nor the cold spawn mean much.
 pub fn w3_probe(way: Way, n: usize) -> Option<[f64; 5]> {
@@ -630,12 +630,12 @@ async fn w3_once(way: Way, n: usize) -> W3 {
     }
 }
 
-/// W3 cold, then warm: [cold spawn s, warm spawn s, bytes per agent (cold), shutdown s
-/// (cold), bytes per agent after one message each (cold)].
+/// W3 cold, then warm: [cold spawn s, warm spawn s, bytes per agent (cold), bytes per
+/// agent after one message each (cold), shutdown s (cold)].
 async fn w3_cold_warm(way: Way, n: usize) -> [f64; 5] {
     let (cold, bytes, used, shutdown) = w3_once(way, n).await;
     let (warm, _, _, _) = w3_once(way, n).await;
-    [cold, warm, bytes, shutdown, used]
+    [cold, warm, bytes, used, shutdown]
 }
 
 /// W3 in `reps` fresh processes ([`w3_probe`] in this executable run again), one
@@ -677,8 +677,8 @@ fn fresh_w3(way: Way, n: usize, reps: usize) -> Vec<[f64; 5]> {
             .split_whitespace()
             .filter_map(|x| x.parse().ok())
             .collect();
-        if let [cold, warm, bytes, shutdown, used] = xs[..] {
-            v.push([cold, warm, bytes, shutdown, used]);
+        if let Ok(x) = <[f64; 5]>::try_from(xs) {
+            v.push(x);
         }
     }
     v
@@ -1298,8 +1298,8 @@ async fn w1_w2_w3_rows(cfg: &BenchConfig) -> Vec<Row> {
             (format!("W3 spawn {n} agents, cold{fresh}"), "µs/agent", 0),
             (format!("W3 spawn {n} agents, warm"), "µs/agent", 1),
             (format!("W3 resident bytes per agent{fresh}"), "bytes", 2),
-            ("W3 same, after one message each".to_string(), "bytes", 4),
-            (format!("W3 shut down {n} agents"), "s", 3),
+            ("W3 same, after one message each".to_string(), "bytes", 3),
+            (format!("W3 shut down {n} agents"), "s", 4),
         ];
         for (name, unit, k) in w3 {
             let f = |v: &[[f64; 5]]| if k < 2 { us(v, k) } else { pick(v, k) };

@@ -74,13 +74,39 @@ async fn spawn(strategy: Strategy) -> (Hierarchy<Msg>, mpsc::UnboundedReceiver<E
         .spawn()
         .await
         .expect("spawn");
-    for _ in 0..AGENTS {
-        match within(5, "the first starts", rx.recv()).await {
-            Some(Event::Started(_, 0)) => {}
-            other => panic!("expected a first start, got {other:?}"),
+    assert_eq!(starts(&mut rx, 0, "the first starts").await, all());
+    (h, rx)
+}
+
+/// Every agent's index, in order.
+fn all() -> Vec<usize> {
+    (0..AGENTS).collect()
+}
+
+/// Wait for `AGENTS` starts of incarnation `n` (stops in between are skipped); the
+/// indices that started, sorted.
+async fn starts(rx: &mut mpsc::UnboundedReceiver<Event>, n: u64, what: &str) -> Vec<usize> {
+    let mut started = Vec::new();
+    while started.len() < AGENTS {
+        match within(5, what, rx.recv()).await {
+            Some(Event::Started(i, k)) if k == n => started.push(i),
+            Some(Event::Started(i, k)) => panic!("{what}: w/{i} started as incarnation {k}"),
+            Some(Event::Stopped(_)) => {}
+            None => panic!("the agents' event channel closed"),
         }
     }
-    (h, rx)
+    started.sort_unstable();
+    started
+}
+
+/// Shut down; nothing was in flight, so every task is accounted and none lost.
+async fn shut_down_balanced(h: Hierarchy<Msg>) {
+    let report = within(10, "the shutdown", h.shutdown(Duration::from_secs(5))).await;
+    assert!(report.counters.is_balanced(), "{report:?}");
+    assert_eq!(
+        report.counters.lost_in_mailbox, 0,
+        "nothing was waiting: {report:?}"
+    );
 }
 
 /// Call every agent once: each then waits on its queue.
@@ -114,11 +140,7 @@ async fn a_graceful_stop_reaches_agents_waiting_on_their_queues() {
         }
     }
     stopped.sort_unstable();
-    assert_eq!(
-        stopped,
-        (0..AGENTS).collect::<Vec<_>>(),
-        "every waiting agent ran on_stop"
-    );
+    assert_eq!(stopped, all(), "every waiting agent ran on_stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,27 +150,13 @@ async fn a_sibling_restart_reaches_agents_waiting_on_their_queues() {
     // w/0 crashes; its siblings wait on their queues and must restart with it
     let a = h.agent("w/0").expect("address");
     let _ = within(5, "the crashing call", a.call(Msg::Crash)).await;
-    let mut restarted = Vec::new();
-    while restarted.len() < AGENTS {
-        match within(5, "every sibling's restart", rx.recv()).await {
-            Some(Event::Started(i, 1)) => restarted.push(i),
-            Some(_) => {}
-            None => panic!("the agents' event channel closed"),
-        }
-    }
-    restarted.sort_unstable();
-    assert_eq!(restarted, (0..AGENTS).collect::<Vec<_>>());
+    assert_eq!(starts(&mut rx, 1, "every sibling's restart").await, all());
     assert_eq!(
         call_all(&h).await,
         vec![1; AGENTS],
         "every agent answers from its new incarnation"
     );
-    let report = within(10, "the shutdown", h.shutdown(Duration::from_secs(5))).await;
-    assert!(report.counters.is_balanced(), "{report:?}");
-    assert_eq!(
-        report.counters.lost_in_mailbox, 0,
-        "nothing was waiting: {report:?}"
-    );
+    shut_down_balanced(h).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,10 +176,5 @@ async fn a_killed_waiting_agent_is_respawned_and_serves() {
         }) => {}
         other => panic!("expected an answer from the new actor, got {other:?}"),
     }
-    let report = within(10, "the shutdown", h.shutdown(Duration::from_secs(5))).await;
-    assert!(report.counters.is_balanced(), "{report:?}");
-    assert_eq!(
-        report.counters.lost_in_mailbox, 0,
-        "nothing was waiting: {report:?}"
-    );
+    shut_down_balanced(h).await;
 }

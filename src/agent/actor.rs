@@ -70,6 +70,24 @@ struct InHand<M> {
     side: Option<SideEnd<M>>,
 }
 
+/// The agent's end of the queue behind its mailbox (incarnation `me`'s), kept in the
+/// box in hand and taken from the slot at the first look; `make`: make the queue if no
+/// sender has. `None` if there is none, or the incarnation was detached.
+#[inline(always)]
+fn side_end<'a, M: Send + 'static>(
+    hand: &'a mut Option<Box<InHand<M>>>,
+    slot: &Slot<M>,
+    me: u16,
+    myself: &ActorRef<NodeMsg<M>>,
+    make: bool,
+) -> Option<&'a mut SideEnd<M>> {
+    let b = in_hand(hand, myself);
+    if b.side.is_none() {
+        b.side = slot.take_side(me, make);
+    }
+    b.side.as_mut()
+}
+
 /// The box in hand (`AgentState::hand`), made at the first task (or the first look
 /// at the queue behind the mailbox) and reused for the actor's whole life.
 #[inline(always)]
@@ -201,13 +219,13 @@ impl<A: Agent> AgentState<A> {
         match msg {
             NodeMsg::Task(task) => rare(async move {
                 state.take_slow(task, &myself).await;
-                state.after_task(myself).await;
+                state.drain_side(myself).await;
             }),
             // each task of a batch is a task of its own: checked, counted, settled,
             // crashed and redelivered one at a time, in order
             NodeMsg::Batch(batch) => rare(async move {
                 state.take_batch(batch, &myself).await;
-                state.after_task(myself).await;
+                state.drain_side(myself).await;
             }),
             // a sender queued a task and found this agent idle, or this agent was
             // called away from waiting tasks by a mailbox message (`Slot::leave`): look
@@ -401,22 +419,10 @@ impl<A: Agent> AgentState<A> {
         rare(self.drain_side(myself))
     }
 
-    /// After a task or a batch from the mailbox (never during a drain, which takes no
-    /// mailbox message): take what waits behind the mailbox, then wait there
-    /// ([`Self::drain_side`]).
-    async fn after_task(&mut self, myself: ActorRef<NodeMsg<A::Msg>>) {
-        self.drain_side(myself).await;
-    }
-
-    /// The next message queued behind the mailbox, if any. The receiver lives in the
-    /// box in hand (made here if no task has made it yet); it is taken from the slot at
-    /// the first look.
+    /// The next message queued behind the mailbox, if any.
     fn next_queued(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> Option<Queued<A::Msg>> {
-        let b = in_hand(&mut self.hand, myself);
-        if b.side.is_none() {
-            b.side = self.ctx.slot.take_side(self.ctx.queue_incarnation, false);
-        }
-        b.side.as_mut()?.pop()
+        let me = self.ctx.queue_incarnation;
+        side_end(&mut self.hand, &self.ctx.slot, me, myself, false)?.pop()
     }
 
     /// Wait on the queue behind the mailbox (`Slot::park`) until a task is queued or a
@@ -425,18 +431,12 @@ impl<A: Agent> AgentState<A> {
     /// thread up), rather than finding tasks or a call at once.
     async fn park(&mut self, myself: &ActorRef<NodeMsg<A::Msg>>) -> (Woke, bool) {
         let me = self.ctx.queue_incarnation;
-        let side: &Side<A::Msg> = {
-            let b = in_hand(&mut self.hand, myself);
-            if b.side.is_none() {
-                b.side = self.ctx.slot.take_side(me, true);
-            }
-            match b.side.as_ref() {
-                Some(end) => &end.side,
-                // detached: this incarnation's queue is gone
-                None => return (Woke::Called, false),
-            }
-        };
         let slot = &self.ctx.slot;
+        let Some(end) = side_end(&mut self.hand, slot, me, myself, true) else {
+            // detached: this incarnation's queue is gone
+            return (Woke::Called, false);
+        };
+        let side: &Side<A::Msg> = &end.side;
         let mut waited = false;
         let woke = std::future::poll_fn(|cx| {
             let poll = slot.park(me, side, cx);
@@ -497,31 +497,24 @@ impl<A: Agent> AgentState<A> {
                 }
                 self.ctx.slot.took_queued(me, uncounted);
                 uncounted = 0;
-                if resident && self.ready() {
+                // the outermost drain, able to take tasks, waits on the empty queue;
+                // any other gives it up
+                let waits = resident && self.ready();
+                if waits {
                     let (woke, waited) = self.park(&myself).await;
-                    if waited {
-                        since_yield = 0;
+                    if woke == Woke::Called {
+                        if self.ctx.slot.leave(me) {
+                            // tasks wait: this actor keeps the queue and takes them
+                            // after the message it was called for (a `Drain` it sends
+                            // itself)
+                            let _ = myself.send_message(NodeMsg::Drain);
+                        }
+                        break;
                     }
-                    match woke {
-                        Woke::Tasks => {
-                            if !waited && !took {
-                                // counted but not yet pushed: let its sender finish
-                                tokio::task::yield_now().await;
-                                since_yield = 0;
-                            }
-                            // (a steady stream, found at once, still yields every
-                            // DRAIN_BEFORE_YIELD tasks above)
-                            continue;
-                        }
-                        Woke::Called => {
-                            if self.ctx.slot.leave(me) {
-                                // tasks wait: this actor keeps the queue and takes them
-                                // after the message it was called for (a `Drain` it
-                                // sends itself)
-                                let _ = myself.send_message(NodeMsg::Drain);
-                            }
-                            break;
-                        }
+                    if waited {
+                        // woken by a push: take it (the worker was given up)
+                        since_yield = 0;
+                        continue;
                     }
                 }
                 if !took {
@@ -529,6 +522,11 @@ impl<A: Agent> AgentState<A> {
                     // the two): let it finish
                     tokio::task::yield_now().await;
                     since_yield = 0;
+                }
+                // (a steady stream, found at once, still yields every
+                // DRAIN_BEFORE_YIELD tasks above)
+                if waits {
+                    continue;
                 }
                 // empty: give the queue up, unless a sender got a task in before it
                 // saw that (it then relies on this look)

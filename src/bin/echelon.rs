@@ -81,8 +81,8 @@ enum Command {
         #[arg(long, hide = true)]
         trips: Option<usize>,
         /// Internal: run W3 the given way with N agents in this fresh process and print
-        /// seconds to spawn cold and warm, resident bytes per agent, seconds to shut
-        /// down, and resident bytes per agent after each handled one message.
+        /// seconds to spawn cold and warm, resident bytes per agent (idle, then after
+        /// each handled one message) and seconds to shut down.
         #[arg(long, hide = true, value_names = ["WAY", "N"], num_args = 2)]
         w3_probe: Vec<String>,
     },
@@ -437,8 +437,8 @@ fn w3_probe_cmd(args: &[String]) -> ExitCode {
         return ExitCode::from(2);
     };
     match echelon::bench::w3_probe(way, n) {
-        Some([cold, warm, bytes, shutdown, used]) => {
-            println!("{cold:.6} {warm:.6} {bytes:.1} {shutdown:.6} {used:.1}");
+        Some([cold, warm, bytes, used, shutdown]) => {
+            println!("{cold:.6} {warm:.6} {bytes:.1} {used:.1} {shutdown:.6}");
             ExitCode::SUCCESS
         }
         None => {
